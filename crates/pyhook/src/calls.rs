@@ -1,0 +1,300 @@
+//! One intercepted call, whatever C calling convention the patched function uses.
+//!
+//! CPython changes conventions between versions (`_io.FileIO.read` is `METH_FASTCALL` on
+//! 3.11 and `METH_METHOD | METH_FASTCALL | METH_KEYWORDS` on 3.12), so every hook gets a
+//! proxy per convention and the one matching the live `ml_flags` is installed. The proxy
+//! wraps its raw arguments in a [`RawCall`], which can forward them unchanged to the
+//! original and gives the hook a uniform view of the arguments.
+
+use pyo3::ffi;
+use std::os::raw::{c_int, c_void};
+use xxhash_rust::xxh3::Xxh3Default;
+
+/// C signatures of the conventions, spelled out here so that every proxy and its original
+/// agree exactly (pyo3-ffi's aliases differ in pointer mutability between conventions).
+pub type NoArgsFn = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+pub type VarArgsKwFn =
+    unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+pub type FastFn =
+    unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject;
+pub type FastKwFn = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+pub type MethodFastKwFn = unsafe extern "C" fn(
+    *mut ffi::PyObject,
+    *mut ffi::PyTypeObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+pub type InitFn = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> c_int;
+
+/// The calling conventions we can proxy (the `ml_flags` bits that decide a C signature),
+/// plus the `tp_init` slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Convention {
+    NoArgs,
+    O,
+    VarArgs,
+    VarArgsKw,
+    Fast,
+    FastKw,
+    MethodFastKw,
+    InitSlot,
+}
+
+impl Convention {
+    /// The convention a method definition uses, ignoring the binding flags
+    /// (`METH_CLASS`, `METH_STATIC`, `METH_COEXIST`) that do not change the C signature.
+    pub fn from_flags(flags: c_int) -> Option<Convention> {
+        let call_bits = flags & !(ffi::METH_CLASS | ffi::METH_STATIC | ffi::METH_COEXIST);
+        Some(match call_bits {
+            ffi::METH_NOARGS => Convention::NoArgs,
+            ffi::METH_O => Convention::O,
+            ffi::METH_VARARGS => Convention::VarArgs,
+            x if x == ffi::METH_VARARGS | ffi::METH_KEYWORDS => Convention::VarArgsKw,
+            ffi::METH_FASTCALL => Convention::Fast,
+            x if x == ffi::METH_FASTCALL | ffi::METH_KEYWORDS => Convention::FastKw,
+            x if x == ffi::METH_METHOD | ffi::METH_FASTCALL | ffi::METH_KEYWORDS => {
+                Convention::MethodFastKw
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// The raw arguments of one call, exactly as CPython passed them to the proxy.
+#[derive(Clone, Copy)]
+pub enum RawCall {
+    NoArgs {
+        slf: *mut ffi::PyObject,
+        unused: *mut ffi::PyObject,
+    },
+    O {
+        slf: *mut ffi::PyObject,
+        arg: *mut ffi::PyObject,
+    },
+    VarArgs {
+        slf: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+    },
+    VarArgsKw {
+        slf: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+        kwargs: *mut ffi::PyObject,
+    },
+    Fast {
+        slf: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+    },
+    FastKw {
+        slf: *mut ffi::PyObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    },
+    MethodFastKw {
+        slf: *mut ffi::PyObject,
+        cls: *mut ffi::PyTypeObject,
+        args: *const *mut ffi::PyObject,
+        nargs: ffi::Py_ssize_t,
+        kwnames: *mut ffi::PyObject,
+    },
+}
+
+/// What an `__init__` slot receives: `self`, the positional tuple and the keyword dict.
+#[derive(Clone, Copy)]
+pub struct InitCall {
+    pub slf: *mut ffi::PyObject,
+    pub args: *mut ffi::PyObject,
+    pub kwargs: *mut ffi::PyObject,
+}
+
+impl RawCall {
+    pub fn slf(&self) -> *mut ffi::PyObject {
+        match *self {
+            RawCall::NoArgs { slf, .. }
+            | RawCall::O { slf, .. }
+            | RawCall::VarArgs { slf, .. }
+            | RawCall::VarArgsKw { slf, .. }
+            | RawCall::Fast { slf, .. }
+            | RawCall::FastKw { slf, .. }
+            | RawCall::MethodFastKw { slf, .. } => slf,
+        }
+    }
+
+    /// Forwards the call, unchanged, to the original C function.
+    ///
+    /// # Safety
+    /// `original` must be the function this proxy replaced, of the same convention, and
+    /// the GIL must be held.
+    pub unsafe fn call_original(&self, original: *mut c_void) -> *mut ffi::PyObject {
+        // SAFETY: the caller guarantees `original` has the signature matching this variant,
+        // which is the convention the installed proxy was chosen for.
+        unsafe {
+            match *self {
+                RawCall::NoArgs { slf, unused } | RawCall::O { slf, arg: unused } => {
+                    let f: NoArgsFn = std::mem::transmute(original);
+                    f(slf, unused)
+                }
+                RawCall::VarArgs { slf, args } => {
+                    let f: NoArgsFn = std::mem::transmute(original);
+                    f(slf, args)
+                }
+                RawCall::VarArgsKw { slf, args, kwargs } => {
+                    let f: VarArgsKwFn = std::mem::transmute(original);
+                    f(slf, args, kwargs)
+                }
+                RawCall::Fast { slf, args, nargs } => {
+                    let f: FastFn = std::mem::transmute(original);
+                    f(slf, args, nargs)
+                }
+                RawCall::FastKw { slf, args, nargs, kwnames } => {
+                    let f: FastKwFn = std::mem::transmute(original);
+                    f(slf, args, nargs, kwnames)
+                }
+                RawCall::MethodFastKw { slf, cls, args, nargs, kwnames } => {
+                    let f: MethodFastKwFn = std::mem::transmute(original);
+                    f(slf, cls, args, nargs, kwnames)
+                }
+            }
+        }
+    }
+
+    /// The positional arguments (borrowed references).
+    pub fn positional(&self) -> &[*mut ffi::PyObject] {
+        // SAFETY: CPython passes `nargs` valid pointers at `args`, and a tuple's item array
+        // lives as long as the tuple, which outlives this call.
+        unsafe {
+            match *self {
+                RawCall::NoArgs { .. } => &[],
+                RawCall::O { ref arg, .. } => std::slice::from_ref(arg),
+                RawCall::VarArgs { args, .. } | RawCall::VarArgsKw { args, .. } => tuple_items(args),
+                RawCall::Fast { args, nargs, .. }
+                | RawCall::FastKw { args, nargs, .. }
+                | RawCall::MethodFastKw { args, nargs, .. } => raw_slice(args, nargs),
+            }
+        }
+    }
+
+    /// Looks up a keyword argument by name (borrowed), for conventions that take keywords.
+    pub fn keyword(&self, name: &str) -> Option<*mut ffi::PyObject> {
+        // SAFETY: kwnames is a tuple of str whose values follow the positionals in `args`;
+        // kwargs is a dict or NULL. All are alive for the duration of the call.
+        unsafe {
+            match *self {
+                RawCall::FastKw { args, nargs, kwnames, .. }
+                | RawCall::MethodFastKw { args, nargs, kwnames, .. } => {
+                    if kwnames.is_null() {
+                        return None;
+                    }
+                    let names = tuple_items(kwnames);
+                    let values = raw_slice(args.offset(nargs), names.len() as ffi::Py_ssize_t);
+                    names
+                        .iter()
+                        .position(|&n| crate::codec::str_eq(n, name))
+                        .map(|i| values[i])
+                }
+                RawCall::VarArgsKw { kwargs, .. } if !kwargs.is_null() => {
+                    let key = std::ffi::CString::new(name).ok()?;
+                    let v = ffi::PyDict_GetItemString(kwargs, key.as_ptr());
+                    (!v.is_null()).then_some(v)
+                }
+                _ => None,
+            }
+        }
+    }
+
+    /// A cheap, deterministic digest of the arguments (not of `self`), used to notice a
+    /// replay that calls the same function with other arguments.
+    pub fn digest(&self) -> u32 {
+        let mut hasher = Xxh3Default::new();
+        // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
+        // arguments alive; for keywords, as in `keyword`.
+        unsafe {
+            for &arg in self.positional() {
+                crate::codec::digest_object(&mut hasher, arg, 0);
+            }
+            match *self {
+                RawCall::FastKw { args, nargs, kwnames, .. }
+                | RawCall::MethodFastKw { args, nargs, kwnames, .. }
+                    if !kwnames.is_null() =>
+                {
+                    let names = tuple_items(kwnames);
+                    let values = raw_slice(args.offset(nargs), names.len() as ffi::Py_ssize_t);
+                    for (&n, &v) in names.iter().zip(values) {
+                        crate::codec::digest_object(&mut hasher, n, 0);
+                        crate::codec::digest_object(&mut hasher, v, 0);
+                    }
+                }
+                RawCall::VarArgsKw { kwargs, .. } if !kwargs.is_null() => {
+                    crate::codec::digest_object(&mut hasher, kwargs, 0);
+                }
+                _ => {}
+            }
+        }
+        hasher.digest() as u32
+    }
+}
+
+impl InitCall {
+    /// # Safety
+    /// `original` must be the `tp_init` this proxy replaced; the GIL must be held.
+    pub unsafe fn call_original(&self, original: *mut c_void) -> c_int {
+        // SAFETY: `original` is an initproc, per the caller's guarantee.
+        unsafe {
+            let f: InitFn = std::mem::transmute(original);
+            f(self.slf, self.args, self.kwargs)
+        }
+    }
+
+    pub fn positional(&self) -> &[*mut ffi::PyObject] {
+        // SAFETY: `args` is the positional tuple type_call passed to tp_init.
+        unsafe { tuple_items(self.args) }
+    }
+
+    pub fn digest(&self) -> u32 {
+        let mut hasher = Xxh3Default::new();
+        // SAFETY: an InitCall only exists during the proxied tp_init call, with the GIL held.
+        unsafe {
+            for &arg in self.positional() {
+                crate::codec::digest_object(&mut hasher, arg, 0);
+            }
+            if !self.kwargs.is_null() {
+                crate::codec::digest_object(&mut hasher, self.kwargs, 0);
+            }
+        }
+        hasher.digest() as u32
+    }
+}
+
+/// # Safety
+/// `tuple` must be a live tuple (or NULL, giving an empty slice).
+pub unsafe fn tuple_items<'a>(tuple: *mut ffi::PyObject) -> &'a [*mut ffi::PyObject] {
+    if tuple.is_null() {
+        return &[];
+    }
+    // SAFETY: a tuple's items are stored inline after its header, `ob_size` of them.
+    unsafe {
+        let len = ffi::PyTuple_GET_SIZE(tuple);
+        let items = (*(tuple as *mut ffi::PyTupleObject)).ob_item.as_ptr();
+        raw_slice(items as *const *mut ffi::PyObject, len)
+    }
+}
+
+/// # Safety
+/// `ptr` must point to `len` valid pointers, or `len` must be 0.
+unsafe fn raw_slice<'a>(
+    ptr: *const *mut ffi::PyObject,
+    len: ffi::Py_ssize_t,
+) -> &'a [*mut ffi::PyObject] {
+    if len <= 0 || ptr.is_null() {
+        return &[];
+    }
+    // SAFETY: per the caller's guarantee.
+    unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+}

@@ -1,0 +1,347 @@
+//! Python objects to trace values and back, without running Python code.
+//!
+//! Only exact builtin types are encoded (None, bool, int, float, str, bytes, tuple, list,
+//! dict): a subclass could run arbitrary `__index__`/`__float__` code, and replay must
+//! rebuild the value from the trace alone. Decoding never imports or evaluates anything.
+
+use pyo3::ffi;
+use retrace_recorder::{ChunkEncoder, Value};
+use std::os::raw::c_char;
+use xxhash_rust::xxh3::Xxh3Default;
+
+const MAX_DEPTH: u32 = 32;
+
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn str_eq(obj: *mut ffi::PyObject, expected: &str) -> bool {
+    // SAFETY: per the caller's guarantee; utf8_of only reads the object.
+    unsafe { utf8_of(obj) == Some(expected.as_bytes()) }
+}
+
+/// The UTF-8 bytes of an exact `str` (cached inside the object by CPython), or None for
+/// other types and for strings with lone surrogates.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn utf8_of<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
+    // SAFETY: PyUnicode_AsUTF8AndSize returns a buffer owned by the str object.
+    unsafe {
+        if ffi::PyUnicode_Check(obj) == 0 {
+            return None;
+        }
+        let mut len: ffi::Py_ssize_t = 0;
+        let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut len);
+        if data.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Some(std::slice::from_raw_parts(data as *const u8, len as usize))
+    }
+}
+
+/// Feeds a canonical encoding of `obj` into the digest. Unknown types contribute their
+/// type name only: their contents may not be stable between runs (addresses).
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, depth: u32) {
+    // SAFETY: only type checks and reads of exact builtin objects; no Python code runs.
+    unsafe {
+        if obj.is_null() || depth > MAX_DEPTH {
+            hasher.update(b"?");
+            return;
+        }
+        if obj == ffi::Py_None() {
+            hasher.update(b"N");
+        } else if ffi::PyBool_Check(obj) != 0 {
+            hasher.update(if obj == ffi::Py_True() { b"T" } else { b"F" });
+        } else if ffi::PyLong_CheckExact(obj) != 0 {
+            let mut overflow = 0;
+            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+            hasher.update(b"i");
+            if overflow == 0 {
+                hasher.update(&v.to_le_bytes());
+            } else {
+                hasher.update(b"big");
+            }
+            if v == -1 {
+                ffi::PyErr_Clear();
+            }
+        } else if ffi::PyFloat_CheckExact(obj) != 0 {
+            hasher.update(b"f");
+            hasher.update(&ffi::PyFloat_AS_DOUBLE(obj).to_bits().to_le_bytes());
+        } else if ffi::PyUnicode_CheckExact(obj) != 0 {
+            hasher.update(b"s");
+            match utf8_of(obj) {
+                Some(bytes) => hasher.update(bytes),
+                None => hasher.update(b"<surrogates>"),
+            }
+        } else if ffi::PyBytes_CheckExact(obj) != 0 {
+            hasher.update(b"b");
+            hasher.update(bytes_of(obj));
+        } else if ffi::PyTuple_CheckExact(obj) != 0 || ffi::PyList_CheckExact(obj) != 0 {
+            hasher.update(b"(");
+            let n = ffi::PySequence_Fast_GET_SIZE(obj);
+            for i in 0..n {
+                digest_object(hasher, ffi::PySequence_Fast_GET_ITEM(obj, i), depth + 1);
+            }
+            hasher.update(b")");
+        } else if ffi::PyDict_CheckExact(obj) != 0 {
+            hasher.update(b"{");
+            let mut pos: ffi::Py_ssize_t = 0;
+            let mut k = std::ptr::null_mut();
+            let mut v = std::ptr::null_mut();
+            while ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) != 0 {
+                digest_object(hasher, k, depth + 1);
+                digest_object(hasher, v, depth + 1);
+            }
+            hasher.update(b"}");
+        } else {
+            hasher.update(b"t");
+            hasher.update(type_name_bytes(obj));
+        }
+    }
+}
+
+/// # Safety
+/// `obj` must be an exact bytes object.
+unsafe fn bytes_of<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
+    // SAFETY: bytes objects store their data inline for their lifetime.
+    unsafe {
+        let len = ffi::PyBytes_Size(obj);
+        std::slice::from_raw_parts(ffi::PyBytes_AsString(obj) as *const u8, len as usize)
+    }
+}
+
+/// # Safety
+/// `obj` must be a live object.
+pub unsafe fn type_name_bytes<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
+    // SAFETY: tp_name is a NUL-terminated string that lives as long as the type.
+    unsafe { std::ffi::CStr::from_ptr((*ffi::Py_TYPE(obj)).tp_name).to_bytes() }
+}
+
+/// Whether `encode_object` can store `obj` completely. Checked before writing anything,
+/// so a chunk never holds half a value.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn is_encodable(obj: *mut ffi::PyObject, depth: u32) -> bool {
+    // SAFETY: type checks and item reads only.
+    unsafe {
+        if depth > MAX_DEPTH {
+            return false;
+        }
+        if obj == ffi::Py_None()
+            || ffi::PyBool_Check(obj) != 0
+            || ffi::PyLong_CheckExact(obj) != 0
+            || ffi::PyFloat_CheckExact(obj) != 0
+            || ffi::PyUnicode_CheckExact(obj) != 0
+            || ffi::PyBytes_CheckExact(obj) != 0
+        {
+            return true;
+        }
+        if ffi::PyTuple_CheckExact(obj) != 0 || ffi::PyList_CheckExact(obj) != 0 {
+            let n = ffi::PySequence_Fast_GET_SIZE(obj);
+            return (0..n).all(|i| is_encodable(ffi::PySequence_Fast_GET_ITEM(obj, i), depth + 1));
+        }
+        if ffi::PyDict_CheckExact(obj) != 0 {
+            let mut pos: ffi::Py_ssize_t = 0;
+            let mut k = std::ptr::null_mut();
+            let mut v = std::ptr::null_mut();
+            while ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) != 0 {
+                if !is_encodable(k, depth + 1) || !is_encodable(v, depth + 1) {
+                    return false;
+                }
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// Writes `obj` as one value. A top-level float or int of a call result is delta-encoded
+/// against the previous result of the same function (`delta_fn`), which turns clock reads
+/// into a byte or two.
+///
+/// # Safety
+/// `obj` must satisfy [`is_encodable`] and the GIL must be held.
+pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, delta_fn: Option<u32>) {
+    // SAFETY: as for is_encodable; the conversions below cannot run Python code on exact types.
+    unsafe {
+        if obj == ffi::Py_None() {
+            enc.none();
+        } else if ffi::PyBool_Check(obj) != 0 {
+            enc.bool(obj == ffi::Py_True());
+        } else if ffi::PyLong_CheckExact(obj) != 0 {
+            let mut overflow = 0;
+            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+            if overflow == 0 {
+                match delta_fn {
+                    Some(f) => enc.int_delta(f, v),
+                    None => enc.int(v),
+                }
+            } else {
+                enc.big_int(&long_to_le_bytes(obj));
+            }
+        } else if ffi::PyFloat_CheckExact(obj) != 0 {
+            let v = ffi::PyFloat_AS_DOUBLE(obj);
+            match delta_fn {
+                Some(f) => enc.float_delta(f, v),
+                None => enc.float(v),
+            }
+        } else if ffi::PyUnicode_CheckExact(obj) != 0 {
+            match utf8_of(obj) {
+                Some(bytes) => enc.str(std::str::from_utf8_unchecked(bytes)),
+                None => {
+                    let encoded = ffi::PyUnicode_AsEncodedString(
+                        obj,
+                        c"utf-8".as_ptr(),
+                        c"surrogatepass".as_ptr(),
+                    );
+                    if encoded.is_null() {
+                        ffi::PyErr_Clear();
+                        enc.str("");
+                    } else {
+                        enc.str_surrogates(bytes_of(encoded));
+                        ffi::Py_DECREF(encoded);
+                    }
+                }
+            }
+        } else if ffi::PyBytes_CheckExact(obj) != 0 {
+            enc.bytes(bytes_of(obj));
+        } else if ffi::PyTuple_CheckExact(obj) != 0 || ffi::PyList_CheckExact(obj) != 0 {
+            let n = ffi::PySequence_Fast_GET_SIZE(obj);
+            if ffi::PyTuple_CheckExact(obj) != 0 {
+                enc.tuple(n as usize);
+            } else {
+                enc.list(n as usize);
+            }
+            for i in 0..n {
+                encode_object(enc, ffi::PySequence_Fast_GET_ITEM(obj, i), None);
+            }
+        } else if ffi::PyDict_CheckExact(obj) != 0 {
+            enc.dict(ffi::PyDict_Size(obj) as usize);
+            let mut pos: ffi::Py_ssize_t = 0;
+            let mut k = std::ptr::null_mut();
+            let mut v = std::ptr::null_mut();
+            while ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) != 0 {
+                encode_object(enc, k, None);
+                encode_object(enc, v, None);
+            }
+        } else {
+            enc.none();
+        }
+    }
+}
+
+/// # Safety
+/// `obj` must be an exact int; the GIL must be held.
+unsafe fn long_to_le_bytes(obj: *mut ffi::PyObject) -> Vec<u8> {
+    // SAFETY: _PyLong_NumBits and _PyLong_AsByteArray only read the int.
+    unsafe {
+        let bits = _PyLong_NumBits(obj);
+        let len = (bits / 8 + 1).max(1);
+        let mut out = vec![0u8; len];
+        if ffi::_PyLong_AsByteArray(obj as *mut ffi::PyLongObject, out.as_mut_ptr(), len, 1, 1)
+            < 0
+        {
+            ffi::PyErr_Clear();
+        }
+        out
+    }
+}
+
+extern "C" {
+    // Part of CPython's C API on every supported version, but missing from pyo3-ffi.
+    fn _PyLong_NumBits(obj: *mut ffi::PyObject) -> usize;
+}
+
+/// Builds a new reference to the Python object a trace value stands for. Handles and
+/// redacted values are not objects by themselves; callers handle them first.
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn decode_value(value: &Value) -> *mut ffi::PyObject {
+    // SAFETY: object constructors with valid inputs; each returns a new reference or NULL
+    // with an exception set, which the caller propagates.
+    unsafe {
+        match value {
+            Value::None | Value::Handle(_) => new_ref(ffi::Py_None()),
+            Value::Bool(b) => new_ref(if *b { ffi::Py_True() } else { ffi::Py_False() }),
+            Value::Int(v) => ffi::PyLong_FromLongLong(*v),
+            Value::BigInt(bytes) => ffi::_PyLong_FromByteArray(bytes.as_ptr(), bytes.len(), 1, 1),
+            Value::Float(v) => ffi::PyFloat_FromDouble(*v),
+            Value::Str(s) => {
+                ffi::PyUnicode_FromStringAndSize(s.as_ptr() as *const c_char, s.len() as _)
+            }
+            Value::StrSurrogates(b) => ffi::PyUnicode_DecodeUTF8(
+                b.as_ptr() as *const c_char,
+                b.len() as _,
+                c"surrogatepass".as_ptr(),
+            ),
+            Value::Redacted(len) => {
+                let text = "x".repeat(*len as usize);
+                ffi::PyUnicode_FromStringAndSize(text.as_ptr() as *const c_char, text.len() as _)
+            }
+            Value::Bytes(b) => {
+                ffi::PyBytes_FromStringAndSize(b.as_ptr() as *const c_char, b.len() as _)
+            }
+            Value::Tuple(items) => {
+                let t = ffi::PyTuple_New(items.len() as _);
+                if t.is_null() {
+                    return t;
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let o = decode_value(item);
+                    if o.is_null() {
+                        ffi::Py_DECREF(t);
+                        return o;
+                    }
+                    ffi::PyTuple_SET_ITEM(t, i as _, o);
+                }
+                t
+            }
+            Value::List(items) => {
+                let l = ffi::PyList_New(items.len() as _);
+                if l.is_null() {
+                    return l;
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let o = decode_value(item);
+                    if o.is_null() {
+                        ffi::Py_DECREF(l);
+                        return o;
+                    }
+                    ffi::PyList_SET_ITEM(l, i as _, o);
+                }
+                l
+            }
+            Value::Dict(pairs) => {
+                let d = ffi::PyDict_New();
+                if d.is_null() {
+                    return d;
+                }
+                for (k, v) in pairs {
+                    let ko = decode_value(k);
+                    let vo = decode_value(v);
+                    let failed = ko.is_null() || vo.is_null() || ffi::PyDict_SetItem(d, ko, vo) < 0;
+                    ffi::Py_XDECREF(ko);
+                    ffi::Py_XDECREF(vo);
+                    if failed {
+                        ffi::Py_DECREF(d);
+                        return std::ptr::null_mut();
+                    }
+                }
+                d
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn new_ref(obj: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: per the caller's guarantee.
+    unsafe { ffi::Py_INCREF(obj) };
+    obj
+}

@@ -1,0 +1,266 @@
+//! What every hook does with a call: pass it through, record it, or replay it.
+
+use crate::codec::{decode_value, encode_object, is_encodable, type_name_bytes};
+use crate::exceptions::{raise_recorded, record_raise};
+use crate::hooks::Hook;
+use crate::session::{
+    mode, py, Divergence, Recorder, Replayed, Session, MODE, MODE_OFF, MODE_RECORD, MODE_REPLAY,
+    STATE,
+};
+use pyo3::ffi;
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+/// Exit status of a replay that diverged from its recording.
+pub const EXIT_DIVERGED: i32 = 86;
+/// Exit status of a replay that could not go on because the recording is unusable.
+pub const EXIT_BAD_RECORDING: i32 = 87;
+
+/// Source files whose frames are ours and stay out of the stacks we print.
+pub static OWN_SOURCE_PREFIX: OnceLock<String> = OnceLock::new();
+
+/// The common case: a call whose whole effect on the program is its result (or the
+/// exception it raises).
+///
+/// # Safety
+/// Called from a proxy with the GIL held; `invoke` performs the original call.
+pub unsafe fn boundary(
+    hook: &'static Hook,
+    digest: impl FnOnce() -> Option<u32>,
+    invoke: impl FnOnce() -> *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: the GIL is held, per the caller's guarantee.
+    unsafe {
+        match mode() {
+            MODE_RECORD if is_active() => {
+                let d = digest();
+                let result = invoke();
+                record_outcome(hook, d, result);
+                result
+            }
+            MODE_REPLAY if is_active() => {
+                let d = digest();
+                match replay_take(hook, d) {
+                    Replayed::Value(v) => decode_value(&v),
+                    Replayed::Raise(e) => {
+                        raise_recorded(&e);
+                        std::ptr::null_mut()
+                    }
+                }
+            }
+            _ => invoke(),
+        }
+    }
+}
+
+/// Whether the calling thread's boundary calls are recorded or replayed (its gate is
+/// closed, and we are not re-entering our own code).
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn is_active() -> bool {
+    // SAFETY: per the caller's guarantee.
+    let py = unsafe { py() };
+    STATE.with(py, |s| !s.threads.gate_open()).unwrap_or(false)
+}
+
+/// Records the result of a call that already happened (`result` NULL: it raised).
+///
+/// # Safety
+/// The GIL must be held; `result` is the call's return value (not consumed).
+pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *mut ffi::PyObject) {
+    // SAFETY: the GIL is held; encoding reads exact builtin objects only.
+    unsafe {
+        record_with(hook, |rec| {
+            if result.is_null() {
+                record_raise(&mut rec.enc, hook.id, digest);
+            } else if is_encodable(result, 0) {
+                rec.enc.call(hook.id, digest);
+                encode_object(&mut rec.enc, result, Some(hook.id));
+            } else {
+                let type_name = String::from_utf8_lossy(type_name_bytes(result)).into_owned();
+                if rec.warn_unrecordable_once() {
+                    eprintln!(
+                        "retrace: warning: {} returned a {type_name}, which cannot be recorded yet; a replay will stop there",
+                        hook.name
+                    );
+                }
+                rec.enc.raise(hook.id, digest, "retrace:UnrecordableResult");
+                rec.enc.tuple(1);
+                rec.enc.str(&type_name);
+                rec.enc.dict(0);
+            }
+        });
+    }
+}
+
+/// Writes one event for `hook` through `write`, then flushes as needed.
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)) {
+    // SAFETY: per the caller's guarantee.
+    let py = unsafe { py() };
+    let failure = STATE
+        .with(py, |s| {
+            let thread = s.threads.current();
+            let Session::Recording(rec) = &mut s.session else {
+                return None;
+            };
+            rec.begin(thread, hook);
+            write(rec);
+            rec.after_event().err()
+        })
+        .flatten();
+    if let Some(reason) = failure {
+        stop_recording(&reason);
+    }
+}
+
+/// Recording failed (the disk is full, the directory went away): the program goes on
+/// unrecorded, and we say so once.
+pub fn stop_recording(reason: &str) {
+    if MODE.swap(MODE_OFF, Ordering::Relaxed) == MODE_RECORD {
+        eprintln!("retrace: recording stopped: {reason}; the program goes on unrecorded");
+    }
+}
+
+/// The recorded outcome for this call, or the end of the replay.
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed {
+    // SAFETY: per the caller's guarantee.
+    let py = unsafe { py() };
+    let taken = STATE.with(py, |s| {
+        let thread = s.threads.current();
+        match &mut s.session {
+            Session::Replaying(rep) => Some(rep.take(hook, digest, thread)),
+            _ => None,
+        }
+    });
+    match taken.flatten() {
+        Some(Ok(replayed)) => replayed,
+        Some(Err(divergence)) => diverge(divergence, true),
+        None => diverge(
+            Divergence {
+                index: None,
+                thread: 0,
+                expected: "a replay session".into(),
+                actual: format!("call {}", hook.name),
+                hint: "internal: the replay state was busy; please report this",
+                bad_recording: false,
+            },
+            true,
+        ),
+    }
+}
+
+/// Reports a divergence on stderr and ends the process with [`EXIT_DIVERGED`] (or
+/// [`EXIT_BAD_RECORDING`]). Never returns a live call to the program.
+///
+/// `python_alive` is false at exit, after the interpreter was finalized: then no stack is
+/// printed and no Python object is touched.
+pub fn diverge(d: Divergence, python_alive: bool) -> ! {
+    MODE.store(MODE_OFF, Ordering::Relaxed);
+    let stack = if python_alive {
+        // SAFETY: with Python alive we are inside a hook, where the GIL is held. Flushing the
+        // program's own output first keeps its stdout identical up to this point.
+        unsafe {
+            flush_python_stdio();
+            python_stack()
+        }
+    } else {
+        String::new()
+    };
+    let index = d.index.map(|i| format!(" at event #{i}")).unwrap_or_default();
+    let title = if d.bad_recording { "replay cannot continue" } else { "replay diverged" };
+    let mut report = format!(
+        "retrace: {title}{index} (thread {})\n  expected: {}\n  actual:   {}\n",
+        d.thread, d.expected, d.actual
+    );
+    if !stack.is_empty() {
+        report.push_str("Python stack (most recent call last):\n");
+        report.push_str(&stack);
+    }
+    report.push_str(&format!("hint: {}\n", d.hint));
+    write_stderr(&report);
+    let status = if d.bad_recording { EXIT_BAD_RECORDING } else { EXIT_DIVERGED };
+    // SAFETY: _exit ends the process at once; nothing of the program runs after a divergence.
+    unsafe { libc::_exit(status) }
+}
+
+pub fn write_stderr(text: &str) {
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        // SAFETY: writing a valid buffer to fd 2.
+        let n = unsafe { libc::write(2, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            break;
+        }
+        rest = &rest[n as usize..];
+    }
+}
+
+/// # Safety
+/// The GIL must be held.
+unsafe fn flush_python_stdio() {
+    // SAFETY: calling flush() on sys.stdout/sys.stderr; errors are cleared.
+    unsafe {
+        for name in [c"stdout", c"stderr"] {
+            let stream = ffi::PySys_GetObject(name.as_ptr());
+            if !stream.is_null() {
+                let r = ffi::PyObject_CallMethod(stream, c"flush".as_ptr(), std::ptr::null());
+                if r.is_null() {
+                    ffi::PyErr_Clear();
+                } else {
+                    ffi::Py_DECREF(r);
+                }
+            }
+        }
+    }
+}
+
+/// The calling thread's Python stack, outermost first, without our own frames.
+///
+/// # Safety
+/// The GIL must be held.
+unsafe fn python_stack() -> String {
+    // SAFETY: frame and code accessors of the public C API, with reference counting.
+    unsafe {
+        let own = OWN_SOURCE_PREFIX.get().map(String::as_str).unwrap_or("\0");
+        let mut lines = Vec::new();
+        let mut frame = ffi::PyThreadState_GetFrame(ffi::PyThreadState_Get());
+        while !frame.is_null() {
+            let code = ffi::PyFrame_GetCode(frame);
+            let file = attr_text(code as *mut ffi::PyObject, c"co_filename");
+            let name = attr_text(code as *mut ffi::PyObject, c"co_name");
+            let line = ffi::PyFrame_GetLineNumber(frame);
+            ffi::Py_DECREF(code as *mut ffi::PyObject);
+            if !file.starts_with(own) {
+                lines.push(format!("  File \"{file}\", line {line}, in {name}\n"));
+            }
+            let back = ffi::PyFrame_GetBack(frame);
+            ffi::Py_DECREF(frame as *mut ffi::PyObject);
+            frame = back;
+        }
+        lines.reverse();
+        lines.concat()
+    }
+}
+
+/// # Safety
+/// `obj` live, GIL held.
+unsafe fn attr_text(obj: *mut ffi::PyObject, name: &std::ffi::CStr) -> String {
+    // SAFETY: attribute read of a code object.
+    unsafe {
+        let v = ffi::PyObject_GetAttrString(obj, name.as_ptr());
+        if v.is_null() {
+            ffi::PyErr_Clear();
+            return "?".into();
+        }
+        let s = crate::codec::utf8_of(v).map(|b| String::from_utf8_lossy(b).into_owned());
+        ffi::Py_DECREF(v);
+        s.unwrap_or_else(|| "?".into())
+    }
+}

@@ -1,0 +1,339 @@
+//! The hooks table: every boundary we intercept, in one declarative list.
+//!
+//! Each row names the callable (module and attribute path), where the patch goes (the
+//! function's `PyMethodDef`, a type's `tp_init` slot, or nowhere for boundaries that our
+//! Python package routes through [`crate::handlers::call_boundary`]) and the handler that
+//! gives the call its record and replay behaviour. A row's position is its function id in
+//! the trace, so rows are only ever appended.
+
+use crate::calls::{Convention, FastFn, FastKwFn, InitFn, MethodFastKwFn, NoArgsFn, VarArgsKwFn};
+use pyo3::ffi;
+use retrace_recorder::wire::FN_HAS_DIGEST;
+use std::ffi::CString;
+use std::os::raw::c_void;
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+
+/// Where a hook is installed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Target {
+    /// Swap `ml_meth` in the `PyMethodDef` of the function or method at the path.
+    Method,
+    /// Swap `tp_init` of the type at the path.
+    Init,
+    /// Not patched in C: our Python package calls the boundary through `call_boundary`.
+    Python,
+}
+
+/// How a call is recorded and replayed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Handler {
+    /// The result (or exception) is the call's whole effect.
+    Generic,
+    /// `datetime.now`: read the clock once, build with `fromtimestamp`.
+    DatetimeNow,
+    /// `datetime.utcnow`: read the clock once, build with `utcfromtimestamp`.
+    DatetimeUtcNow,
+    /// `_random.Random.seed(None)` and `_random.Random()`: seed from recorded bytes.
+    RandomSeed,
+    /// `os._exit`: record it and close the trace, because atexit will not run.
+    ProcessExit,
+}
+
+/// Proxies for every convention; the one matching the live function is installed.
+pub struct Proxies {
+    pub noargs: NoArgsFn,
+    pub varargs: NoArgsFn,
+    pub varargs_kw: VarArgsKwFn,
+    pub fast: FastFn,
+    pub fast_kw: FastKwFn,
+    pub method_fast_kw: MethodFastKwFn,
+    pub init: InitFn,
+}
+
+pub struct Hook {
+    pub id: u32,
+    /// The qualified name shown in traces and reports, e.g. `time.time`.
+    pub name: &'static str,
+    pub module: &'static str,
+    pub path: &'static [&'static str],
+    pub target: Target,
+    pub handler: Handler,
+    pub proxies: Proxies,
+    original: AtomicPtr<c_void>,
+    /// The installed convention, as `Convention as u8 + 1` (0: not installed).
+    convention: AtomicU8,
+}
+
+impl Hook {
+    /// The original C function (NULL until installed).
+    pub fn original(&self) -> *mut c_void {
+        self.original.load(Ordering::Relaxed)
+    }
+
+    /// Flags stored with the function's definition in the trace.
+    pub fn fn_flags(&self) -> u8 {
+        let takes_args = match self.target {
+            Target::Python | Target::Init => true,
+            Target::Method => {
+                let c = self.convention.load(Ordering::Relaxed);
+                c != 0 && c - 1 != Convention::NoArgs as u8
+            }
+        };
+        if takes_args {
+            FN_HAS_DIGEST
+        } else {
+            0
+        }
+    }
+
+    pub fn takes_arguments(&self) -> bool {
+        self.fn_flags() & FN_HAS_DIGEST != 0
+    }
+}
+
+macro_rules! hook_table {
+    ($( $id:ident => $name:literal, $module:literal, [$($attr:literal),+], $target:ident, $handler:ident; )*) => {
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        #[derive(Clone, Copy, Debug)]
+        #[repr(u32)]
+        pub enum HookId { $($id,)* }
+
+        const HOOK_COUNT: usize = [$(stringify!($id)),*].len();
+
+        pub static HOOKS: [Hook; HOOK_COUNT] = [ $(
+            Hook {
+                id: HookId::$id as u32,
+                name: $name,
+                module: $module,
+                path: &[$($attr),+],
+                target: Target::$target,
+                handler: Handler::$handler,
+                proxies: Proxies {
+                    noargs: proxies::$id::noargs,
+                    varargs: proxies::$id::varargs,
+                    varargs_kw: proxies::$id::varargs_kw,
+                    fast: proxies::$id::fast,
+                    fast_kw: proxies::$id::fast_kw,
+                    method_fast_kw: proxies::$id::method_fast_kw,
+                    init: proxies::$id::init,
+                },
+                original: AtomicPtr::new(std::ptr::null_mut()),
+                convention: AtomicU8::new(0),
+            },
+        )* ];
+
+        /// One module of proxies per hook: each forwards its raw arguments to the handler.
+        #[allow(non_snake_case)]
+        mod proxies { $(
+            pub mod $id {
+                use crate::calls::{InitCall, RawCall};
+                use crate::hooks::{HookId, HOOKS};
+                use pyo3::ffi::{PyObject, PyTypeObject, Py_ssize_t};
+                use std::os::raw::c_int;
+                const ID: usize = HookId::$id as usize;
+
+                // SAFETY (all proxies): CPython calls these with the GIL held and the
+                // arguments of the convention the proxy was installed for.
+                pub unsafe extern "C" fn noargs(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
+                    // METH_NOARGS and METH_O share this signature; the installed
+                    // convention tells them apart.
+                    let call = if HOOKS[ID].is_o() { RawCall::O { slf, arg } } else { RawCall::NoArgs { slf, unused: arg } };
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], call) }
+                }
+                pub unsafe extern "C" fn varargs(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgs { slf, args }) }
+                }
+                pub unsafe extern "C" fn varargs_kw(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgsKw { slf, args, kwargs }) }
+                }
+                pub unsafe extern "C" fn fast(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::Fast { slf, args, nargs }) }
+                }
+                pub unsafe extern "C" fn fast_kw(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::FastKw { slf, args, nargs, kwnames }) }
+                }
+                pub unsafe extern "C" fn method_fast_kw(slf: *mut PyObject, cls: *mut PyTypeObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::MethodFastKw { slf, cls, args, nargs, kwnames }) }
+                }
+                pub unsafe extern "C" fn init(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> c_int {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch_init(&HOOKS[ID], InitCall { slf, args, kwargs }) }
+                }
+            }
+        )* }
+    };
+}
+
+hook_table! {
+    time_time => "time.time", "time", ["time"], Method, Generic;
+    time_time_ns => "time.time_ns", "time", ["time_ns"], Method, Generic;
+    time_monotonic => "time.monotonic", "time", ["monotonic"], Method, Generic;
+    time_monotonic_ns => "time.monotonic_ns", "time", ["monotonic_ns"], Method, Generic;
+    time_perf_counter => "time.perf_counter", "time", ["perf_counter"], Method, Generic;
+    time_perf_counter_ns => "time.perf_counter_ns", "time", ["perf_counter_ns"], Method, Generic;
+    time_process_time => "time.process_time", "time", ["process_time"], Method, Generic;
+    time_process_time_ns => "time.process_time_ns", "time", ["process_time_ns"], Method, Generic;
+    time_thread_time => "time.thread_time", "time", ["thread_time"], Method, Generic;
+    time_thread_time_ns => "time.thread_time_ns", "time", ["thread_time_ns"], Method, Generic;
+    time_clock_gettime => "time.clock_gettime", "time", ["clock_gettime"], Method, Generic;
+    time_clock_gettime_ns => "time.clock_gettime_ns", "time", ["clock_gettime_ns"], Method, Generic;
+    time_sleep => "time.sleep", "time", ["sleep"], Method, Generic;
+    datetime_now => "datetime.datetime.now", "_datetime", ["datetime", "now"], Method, DatetimeNow;
+    datetime_utcnow => "datetime.datetime.utcnow", "_datetime", ["datetime", "utcnow"], Method, DatetimeUtcNow;
+    os_urandom => "os.urandom", "posix", ["urandom"], Method, Generic;
+    os_getrandom => "os.getrandom", "posix", ["getrandom"], Method, Generic;
+    os_getpid => "os.getpid", "posix", ["getpid"], Method, Generic;
+    os_getppid => "os.getppid", "posix", ["getppid"], Method, Generic;
+    os_getcwd => "os.getcwd", "posix", ["getcwd"], Method, Generic;
+    os_getcwdb => "os.getcwdb", "posix", ["getcwdb"], Method, Generic;
+    os_exit => "os._exit", "posix", ["_exit"], Method, ProcessExit;
+    random_seed => "random.Random.seed", "_random", ["Random", "seed"], Method, RandomSeed;
+    random_init => "random.Random.__init__", "_random", ["Random"], Init, RandomSeed;
+    environ_get => "os.environ[]", "os", ["environ"], Python, Generic;
+    environ_keys => "os.environ.keys", "os", ["environ"], Python, Generic;
+    environ_len => "os.environ.__len__", "os", ["environ"], Python, Generic;
+}
+
+impl Hook {
+    /// True when the installed convention is METH_O (which shares METH_NOARGS's signature).
+    #[inline]
+    pub fn is_o(&self) -> bool {
+        self.convention.load(Ordering::Relaxed) == Convention::O as u8 + 1
+    }
+}
+
+pub fn hook(id: HookId) -> &'static Hook {
+    &HOOKS[id as usize]
+}
+
+/// Installs every hook of the module `name` (already imported as `module`). Returns a
+/// warning per hook that could not be installed; installing never fails the program.
+///
+/// # Safety
+/// The GIL must be held and `module` must be a live module object.
+pub unsafe fn install_module(name: &str, module: *mut ffi::PyObject) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for hook in HOOKS.iter().filter(|h| h.module == name && h.target != Target::Python) {
+        // SAFETY: per the caller's guarantee.
+        if let Err(why) = unsafe { install(hook, module) } {
+            warnings.push(format!("{} is not intercepted: {why}", hook.name));
+        }
+    }
+    warnings
+}
+
+/// # Safety
+/// The GIL must be held and `module` must be a live module object.
+unsafe fn install(hook: &'static Hook, module: *mut ffi::PyObject) -> Result<(), String> {
+    // SAFETY: attribute lookups with error handling, then pointer swaps in live
+    // PyMethodDef/PyTypeObject structures, which CPython reads on every call.
+    unsafe {
+        let target = resolve(module, hook.path)?;
+        let result = match hook.target {
+            Target::Method => install_method(hook, target),
+            Target::Init => install_init(hook, target),
+            Target::Python => Ok(()),
+        };
+        ffi::Py_DECREF(target);
+        result
+    }
+}
+
+/// # Safety
+/// GIL held, `module` live. Returns a new reference.
+unsafe fn resolve(module: *mut ffi::PyObject, path: &[&str]) -> Result<*mut ffi::PyObject, String> {
+    // SAFETY: getattr chain with reference counting.
+    unsafe {
+        let mut obj = module;
+        ffi::Py_INCREF(obj);
+        for part in path {
+            let cpart = CString::new(*part).map_err(|e| e.to_string())?;
+            let next = ffi::PyObject_GetAttrString(obj, cpart.as_ptr());
+            ffi::Py_DECREF(obj);
+            if next.is_null() {
+                ffi::PyErr_Clear();
+                return Err(format!("no attribute {part}"));
+            }
+            obj = next;
+        }
+        Ok(obj)
+    }
+}
+
+/// # Safety
+/// GIL held, `obj` live.
+unsafe fn method_def(obj: *mut ffi::PyObject) -> Option<*mut ffi::PyMethodDef> {
+    // SAFETY: the casts match the checked types' layouts.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj);
+        if ffi::PyCFunction_Check(obj) != 0 {
+            Some((*(obj as *mut ffi::PyCFunctionObject)).m_ml)
+        } else if ty == std::ptr::addr_of_mut!(ffi::PyMethodDescr_Type)
+            || ty == std::ptr::addr_of_mut!(ffi::PyClassMethodDescr_Type)
+        {
+            Some((*(obj as *mut ffi::PyMethodDescrObject)).d_method)
+        } else {
+            None
+        }
+    }
+}
+
+/// # Safety
+/// GIL held, `obj` live.
+unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(), String> {
+    // SAFETY: `def` points into a live, writable PyMethodDef table (static data of the
+    // extension module); swapping ml_meth redirects every alias of the function.
+    unsafe {
+        let def = method_def(obj).ok_or("not a C function")?;
+        let flags = (*def).ml_flags;
+        let convention = Convention::from_flags(flags)
+            .ok_or_else(|| format!("unsupported calling convention {flags:#x}"))?;
+        let p = &hook.proxies;
+        let proxy: *mut c_void = match convention {
+            Convention::NoArgs | Convention::O => p.noargs as *mut c_void,
+            Convention::VarArgs => p.varargs as *mut c_void,
+            Convention::VarArgsKw => p.varargs_kw as *mut c_void,
+            Convention::Fast => p.fast as *mut c_void,
+            Convention::FastKw => p.fast_kw as *mut c_void,
+            Convention::MethodFastKw => p.method_fast_kw as *mut c_void,
+            Convention::InitSlot => return Err("not a method".into()),
+        };
+        let current = (*def).ml_meth.PyCFunction as *mut c_void;
+        if current == proxy {
+            return Ok(()); // already installed: patching is idempotent
+        }
+        hook.convention.store(convention as u8 + 1, Ordering::Relaxed);
+        hook.original.store(current, Ordering::Relaxed);
+        (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, NoArgsFn>(proxy) };
+        Ok(())
+    }
+}
+
+/// # Safety
+/// GIL held, `obj` live.
+unsafe fn install_init(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(), String> {
+    // SAFETY: tp_init of a live type object; type_call reads it on every instantiation.
+    unsafe {
+        if ffi::PyType_Check(obj) == 0 {
+            return Err("not a type".into());
+        }
+        let ty = obj as *mut ffi::PyTypeObject;
+        let Some(current) = (*ty).tp_init.map(|f| f as *mut c_void) else {
+            return Err("the type has no __init__ slot on this Python".into());
+        };
+        let proxy = hook.proxies.init;
+        if current == proxy as *mut c_void {
+            return Ok(());
+        }
+        hook.convention.store(Convention::InitSlot as u8 + 1, Ordering::Relaxed);
+        hook.original.store(current, Ordering::Relaxed);
+        (*ty).tp_init = Some(std::mem::transmute::<InitFn, ffi::initproc>(proxy));
+        Ok(())
+    }
+}

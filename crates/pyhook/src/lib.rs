@@ -1,0 +1,277 @@
+//! `retrace._pyhook`: the CPython extension that records and replays a program's
+//! boundary calls.
+//!
+//! The Python package (`python/retrace`) starts a session with [`start`] before the
+//! program runs and reports modules as they are imported ([`module_loaded`]). Everything
+//! else happens in the C-level proxies installed by [`hooks`].
+
+mod calls;
+mod codec;
+mod dispatch;
+mod environ;
+mod exceptions;
+mod gil;
+mod handlers;
+mod hooks;
+mod session;
+
+use dispatch::{diverge, stop_recording, OWN_SOURCE_PREFIX};
+use hooks::{Target, HOOKS};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule, PyString};
+use retrace_recorder::{ChunkEncoder, PythonInfo, TraceHeader, TraceReader, TraceWriter, WriterOptions};
+use session::{
+    Recorder, Replayer, Session, FORKED_CHILD, MODE, MODE_OFF, MODE_RECORD, MODE_REPLAY, STATE,
+};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+/// What the launcher passes in `__RETRACE_BOOT` (see ARCHITECTURE.md).
+#[derive(serde::Deserialize)]
+struct BootConfig {
+    mode: String,
+    dir: PathBuf,
+    pythonpath: Option<String>,
+    #[serde(default)]
+    hashseed_injected: bool,
+    hashseed: Option<u64>,
+}
+
+/// Parses `__RETRACE_BOOT` without importing `json` into the program's interpreter.
+#[pyfunction]
+fn parse_boot_config<'py>(py: Python<'py>, config: &str) -> PyResult<Bound<'py, PyDict>> {
+    let boot: BootConfig = serde_json::from_str(config)
+        .map_err(|e| PyValueError::new_err(format!("bad __RETRACE_BOOT: {e}")))?;
+    let dict = PyDict::new(py);
+    dict.set_item("mode", boot.mode)?;
+    dict.set_item("dir", boot.dir)?;
+    dict.set_item("pythonpath", boot.pythonpath)?;
+    dict.set_item("hashseed_injected", boot.hashseed_injected)?;
+    dict.set_item("hashseed", boot.hashseed)?;
+    Ok(dict)
+}
+
+/// The recording's trace of the root process.
+fn root_trace(dir: &Path) -> PathBuf {
+    dir.join("trace").join("0.rtrace")
+}
+
+/// Starts recording into the recording directory `dir` (`mode="record"`) or replaying
+/// from it (`mode="replay"`). `info` describes the interpreter and the program (argv, cwd,
+/// Python build...); `own_prefix` is the directory of our Python package, whose frames
+/// stay out of reports. Returns warnings about hooks that could not be installed.
+#[pyfunction]
+fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bound<'_, PyDict>) -> PyResult<Vec<String>> {
+    if MODE.load(Ordering::Relaxed) != MODE_OFF {
+        return Err(PyRuntimeError::new_err("a retrace session is already running"));
+    }
+    let _ = OWN_SOURCE_PREFIX.set(own_prefix);
+    let item = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        info.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("missing {key}")))
+    };
+    let version_info: (u32, u32, u32) = item("version_info")?.extract()?;
+    let session = match mode {
+        "record" => {
+            let header = TraceHeader {
+                format_version: retrace_recorder::FORMAT_VERSION,
+                retrace_version: env!("CARGO_PKG_VERSION").to_owned(),
+                process: "0".to_owned(),
+                parent: None,
+                pid: item("pid")?.extract()?,
+                start_unix_ns: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(0),
+                python: PythonInfo {
+                    version: item("version")?.extract()?,
+                    version_info,
+                    implementation: item("implementation")?.extract()?,
+                    cache_tag: item("cache_tag")?.extract()?,
+                    executable: item("executable")?.extract()?,
+                },
+                argv: item("argv")?.extract()?,
+                orig_argv: item("orig_argv")?.extract()?,
+                cwd: item("cwd")?.extract()?,
+                hash_seed: item("hash_seed")?.extract()?,
+                extra: Default::default(),
+            };
+            let trace = root_trace(&dir);
+            let created = std::fs::create_dir_all(trace.parent().unwrap_or(&dir))
+                .and_then(|()| write_meta(&dir, &header));
+            created.map_err(|e| PyRuntimeError::new_err(format!("cannot write to {}: {e}", dir.display())))?;
+            let options = WriterOptions::default();
+            let enc = ChunkEncoder::new(options.chunk_capacity);
+            let writer = TraceWriter::create(&trace, &header, options).map_err(|e| {
+                PyRuntimeError::new_err(format!("cannot create {}: {e}", trace.display()))
+            })?;
+            Session::Recording(Recorder::new(enc, writer))
+        }
+        "replay" => {
+            let reader = TraceReader::open(&root_trace(&dir)).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let recorded = reader.header();
+            if recorded.retrace_version != env!("CARGO_PKG_VERSION") {
+                return Err(PyRuntimeError::new_err(format!(
+                    "the recording was made by retrace {}, this is retrace {}",
+                    recorded.retrace_version,
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+            let (rmaj, rmin, _) = recorded.python.version_info;
+            if (rmaj, rmin) != (version_info.0, version_info.1) {
+                return Err(PyRuntimeError::new_err(format!(
+                    "the recording was made with Python {rmaj}.{rmin}, this is Python {}.{}",
+                    version_info.0, version_info.1
+                )));
+            }
+            Session::Replaying(Replayer::new(reader))
+        }
+        other => return Err(PyValueError::new_err(format!("unknown mode {other:?}"))),
+    };
+    let is_record = matches!(session, Session::Recording(_));
+    STATE
+        .with(py, |s| {
+            // The starting thread (the main thread) becomes thread 0.
+            s.threads.current();
+            s.session = session;
+        })
+        .ok_or_else(|| PyRuntimeError::new_err("retrace state busy"))?;
+    // SAFETY: registering plain C callbacks; they only touch our own state.
+    unsafe {
+        pyo3::ffi::Py_AtExit(Some(at_exit));
+        libc::pthread_atfork(None, None, Some(in_forked_child));
+    }
+    let mut warnings = Vec::new();
+    let modules = py.import("sys")?.getattr("modules")?;
+    let mut names: Vec<&str> = HOOKS.iter().filter(|h| h.target != Target::Python).map(|h| h.module).collect();
+    names.dedup();
+    for name in names {
+        if let Ok(module) = modules.get_item(name) {
+            warnings.extend(install(name, &module));
+        }
+    }
+    MODE.store(if is_record { MODE_RECORD } else { MODE_REPLAY }, Ordering::Relaxed);
+    Ok(warnings)
+}
+
+fn install(name: &str, module: &Bound<'_, PyAny>) -> Vec<String> {
+    // SAFETY: the GIL is held (we have a Bound) and `module` is a live module.
+    unsafe {
+        if name == "_datetime" {
+            handlers::capture_datetime_constructors(module.as_ptr());
+        }
+        hooks::install_module(name, module.as_ptr())
+    }
+}
+
+fn watched_modules() -> Vec<&'static str> {
+    let mut names: Vec<&str> = HOOKS.iter().filter(|h| h.target != Target::Python).map(|h| h.module).collect();
+    names.dedup();
+    names
+}
+
+/// Replaces `importlib._bootstrap._find_and_load`, which CPython's import statement calls
+/// for every module not yet in `sys.modules`, to patch hooked modules the moment they are
+/// first imported, before any alias of their functions can be taken. Being a C-level
+/// callable, it adds no frame to tracebacks.
+#[pyclass(module = "retrace._pyhook", frozen)]
+struct ImportWatcher {
+    original: Py<PyAny>,
+}
+
+#[pymethods]
+impl ImportWatcher {
+    #[new]
+    fn new(original: Py<PyAny>) -> Self {
+        ImportWatcher { original }
+    }
+
+    fn __call__<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>, import_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let module = self.original.bind(py).call1((name, import_))?;
+        if let Ok(name) = name.to_str() {
+            if watched_modules().contains(&name) {
+                for warning in install(name, &module) {
+                    eprintln!("retrace: warning: {warning}");
+                }
+            }
+        }
+        Ok(module)
+    }
+}
+
+/// Our own code runs with the calling thread's gate open: its calls are neither recorded
+/// nor replayed. Nested calls count.
+#[pyfunction]
+fn gate_enter(py: Python<'_>) {
+    STATE.with(py, |s| s.threads.enter_gate());
+}
+
+#[pyfunction]
+fn gate_exit(py: Python<'_>) {
+    STATE.with(py, |s| s.threads.exit_gate());
+}
+
+/// Ends the session: closes the trace after a recording, or checks that a replay used
+/// the whole recording.
+pub(crate) fn finish_session() {
+    let mode = MODE.swap(MODE_OFF, Ordering::Relaxed);
+    if mode == MODE_OFF || FORKED_CHILD.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: called at exit (Py_AtExit: the interpreter is finalized, no other thread runs
+    // Python) or from os._exit's hook with the GIL held.
+    let session = unsafe { STATE.with_unchecked(|s| std::mem::replace(&mut s.session, Session::Idle)) };
+    match session {
+        Some(Session::Recording(mut rec)) => {
+            rec.enc.end();
+            let total = rec.enc.events_written();
+            let result = rec.submit().and_then(|()| rec.writer.finish(total).map(drop).map_err(|e| e.to_string()));
+            if let Err(e) = result {
+                MODE.store(MODE_RECORD, Ordering::Relaxed);
+                stop_recording(&format!("the trace could not be completed: {e}"));
+            }
+        }
+        Some(Session::Replaying(mut rep)) => {
+            if let Err(d) = rep.check_finished() {
+                diverge(d, false);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `meta.json`: the header in a form people and the CLI read without decoding the trace.
+/// The CLI adds the exit status and duration when the program has ended.
+fn write_meta(dir: &Path, header: &TraceHeader) -> std::io::Result<()> {
+    let mut meta = serde_json::to_value(header).map_err(std::io::Error::other)?;
+    if let Some(obj) = meta.as_object_mut() {
+        obj.insert("trace".into(), "trace/0.rtrace".into());
+    }
+    let text = serde_json::to_string_pretty(&meta).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join("meta.json"), text + "\n")
+}
+
+extern "C" fn at_exit() {
+    finish_session();
+}
+
+extern "C" fn in_forked_child() {
+    // The child has no writer thread: it must not touch the parent's trace. Recording of
+    // child processes gets its own trace (see ARCHITECTURE.md); until then it runs unhooked.
+    FORKED_CHILD.store(true, Ordering::Relaxed);
+    MODE.store(MODE_OFF, Ordering::Relaxed);
+}
+
+#[pymodule]
+fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(parse_boot_config, m)?)?;
+    m.add_function(wrap_pyfunction!(start, m)?)?;
+    m.add_class::<environ::EnvData>()?;
+    m.add_class::<ImportWatcher>()?;
+    m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
+    m.add_function(wrap_pyfunction!(gate_exit, m)?)?;
+    m.add("EXIT_DIVERGED", dispatch::EXIT_DIVERGED)?;
+    m.add("EXIT_BAD_RECORDING", dispatch::EXIT_BAD_RECORDING)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,124 @@
+"""Starts a recording or replay inside the program's interpreter, before the program runs.
+
+Called from the start-up hook (`_boot/sitecustomize.py`). Everything that was injected to
+get here is removed before the program can see it: the boot directory on `sys.path`, and
+`PYTHONPATH`, `PYTHONHASHSEED` (when the launcher chose it) and `__RETRACE_BOOT` in the
+environment, C-level included, so child processes do not inherit them either.
+
+If the recorder cannot start, a recorded program runs on unrecorded (we say so on
+stderr); a replay never runs live and exits with status 87.
+"""
+
+import os
+import sys
+
+EXIT_BAD_RECORDING = 87
+
+
+def boot(config, boot_dir):
+    settings = None
+    try:
+        from retrace import _pyhook
+
+        if config is not None:
+            settings = _pyhook.parse_boot_config(config)
+    except Exception as error:  # the program must still run (record) or stop cleanly (replay)
+        _hide(None, boot_dir)
+        _fail(config, "cannot load the recorder into Python %d.%d: %s" % (
+            sys.version_info[0], sys.version_info[1], error),
+            "build it for this interpreter: npm run build:pyhook -- --python %s" % sys.executable)
+        _chain()
+        return
+    _hide(settings, boot_dir)
+    if settings is None:
+        _chain()
+        return
+    _pyhook.gate_enter()
+    try:
+        if settings["mode"] == "record":
+            header = {
+                "argv": list(sys.argv),
+                "orig_argv": list(getattr(sys, "orig_argv", sys.argv)),
+                "cwd": os.getcwd(),
+                "executable": sys.executable,
+                "version": sys.version,
+                "version_info": tuple(sys.version_info[:3]),
+                "implementation": sys.implementation.name,
+                "cache_tag": sys.implementation.cache_tag or "",
+                "pid": os.getpid(),
+                "hash_seed": settings["hashseed"],
+            }
+        else:
+            header = {"version_info": tuple(sys.version_info[:3])}
+        warnings = _pyhook.start(settings["mode"], settings["dir"], os.path.dirname(__file__), header)
+        _watch_imports(_pyhook)
+        _watch_environment(_pyhook)
+    except Exception as error:
+        _fail(config, str(error), None)
+        _chain()
+        return
+    finally:
+        _pyhook.gate_exit()
+    _reseed_preloaded_random()
+    for warning in warnings:
+        sys.stderr.write("retrace: warning: %s\n" % warning)
+    _chain()
+
+
+def _hide(settings, boot_dir):
+    """Removes what the launcher injected."""
+    if settings is not None:
+        if settings["pythonpath"] is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = settings["pythonpath"]
+        if settings["hashseed_injected"]:
+            os.environ.pop("PYTHONHASHSEED", None)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != boot_dir]
+    for name in [m for m in sys.modules if m == "retrace" or m.startswith("retrace.")]:
+        del sys.modules[name]
+
+
+def _reseed_preloaded_random():
+    """`random` seeds its global generator from urandom when imported. A .pth file may
+    have imported it before the session started, out of our sight: seed it again, now
+    recorded, so the program's random numbers replay."""
+    module = sys.modules.get("random")
+    instance = getattr(module, "_inst", None)
+    if instance is not None:
+        instance.seed()
+
+
+def _chain():
+    """Runs the sitecustomize ours shadowed, if any (recorded, as part of the program)."""
+    ours = sys.modules.pop("sitecustomize", None)
+    try:
+        import sitecustomize  # noqa: F401  (the one ours shadowed, if any)
+    except ImportError:
+        # None to chain to: the import system expects to find ours when it returns.
+        sys.modules["sitecustomize"] = ours
+
+
+def _watch_imports(pyhook):
+    importlib_bootstrap = sys.modules["_frozen_importlib"]
+    importlib_bootstrap._find_and_load = pyhook.ImportWatcher(importlib_bootstrap._find_and_load)
+
+
+def _watch_environment(pyhook):
+    data = pyhook.EnvData(os.environ._data)
+    os.environ._data = data
+    if hasattr(os, "environb"):
+        os.environb._data = data
+
+
+def _fail(config, message, hint):
+    replaying = config is not None and '"mode":"replay"' in config.replace(" ", "")
+    if replaying:
+        sys.stderr.write("retrace: error: cannot replay: %s\n" % message)
+        if hint:
+            sys.stderr.write("hint: %s\n" % hint)
+        sys.stderr.flush()
+        os._exit(EXIT_BAD_RECORDING)
+    sys.stderr.write("retrace: error: recording is off, the program runs unrecorded: %s\n" % message)
+    if hint:
+        sys.stderr.write("hint: %s\n" % hint)
