@@ -45,7 +45,7 @@ impl EnvData {
         let keys = unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
-                boundary(hook(HookId::environ_keys), || Some(0), || ffi::PyDict_Keys(dict)),
+                boundary(hook(HookId::environ_keys), || hook(HookId::environ_keys).digest(|| 0), || ffi::PyDict_Keys(dict)),
             )?
         };
         keys.try_iter().map(Bound::into_any)
@@ -58,7 +58,7 @@ impl EnvData {
         let len = unsafe {
             Bound::from_owned_ptr_or_err(
                 py,
-                boundary(hook(HookId::environ_len), || Some(0), || ffi::PyLong_FromSsize_t(ffi::PyDict_Size(dict))),
+                boundary(hook(HookId::environ_len), || hook(HookId::environ_len).digest(|| 0), || ffi::PyLong_FromSsize_t(ffi::PyDict_Size(dict))),
             )?
         };
         len.extract()
@@ -82,9 +82,11 @@ unsafe fn env_get(dict: *mut ffi::PyObject, key: *mut ffi::PyObject) -> *mut ffi
             ffi::Py_INCREF(v);
             v
         };
-        let mut hasher = Xxh3Default::new();
-        digest_object(&mut hasher, key, 0);
-        let digest = Some(hasher.digest() as u32);
+        let digest = hook.digest(|| {
+            let mut hasher = Xxh3Default::new();
+            digest_object(&mut hasher, key, 0);
+            hasher.digest() as u32
+        });
         match mode() {
             MODE_RECORD if is_active() => {
                 let value = lookup();

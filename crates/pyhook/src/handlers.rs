@@ -21,12 +21,14 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
         match hook.handler {
             Handler::Generic => boundary(
                 hook,
-                || hook.takes_arguments().then(|| call.digest()),
+                || hook.digest(|| call.digest()),
                 || call.call_original(original),
             ),
             Handler::DatetimeNow | Handler::DatetimeUtcNow => datetime_now(hook, call),
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),
+            Handler::File(op) => crate::fileio::method(hook, op, call),
+            Handler::FileOpen => call.call_original(original),
         }
     }
 }
@@ -61,6 +63,7 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
                 ffi::Py_DECREF(args);
                 r
             }
+            Handler::FileOpen => crate::fileio::open(hook, call),
             _ => call.call_original(original),
         }
     }
@@ -77,7 +80,7 @@ unsafe fn datetime_now(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
-        let digest = hook.takes_arguments().then(|| call.digest());
+        let digest = hook.digest(|| call.digest());
         let ns = match mode() {
             MODE_RECORD if is_active() => {
                 let ns = system_clock_ns();
@@ -223,7 +226,7 @@ unsafe fn random_seed(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject 
 unsafe fn recorded_seed(hook: &'static Hook, digest: u32) -> Option<*mut ffi::PyObject> {
     // SAFETY: see the function's contract.
     unsafe {
-        let digest = Some(digest);
+        let digest = hook.digest(|| digest);
         let bytes: Vec<u8> = match mode() {
             MODE_RECORD if is_active() => {
                 let mut bytes = [0u8; 32];
@@ -275,7 +278,7 @@ unsafe fn process_exit(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
         let original = hook.original();
         match mode() {
             MODE_RECORD if is_active() => {
-                let digest = Some(call.digest());
+                let digest = hook.digest(|| call.digest());
                 record_with(hook, |rec| {
                     rec.enc.call(hook.id, digest);
                     rec.enc.none();
@@ -283,7 +286,7 @@ unsafe fn process_exit(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
                 crate::finish_session();
             }
             MODE_REPLAY if is_active() => {
-                let digest = Some(call.digest());
+                let digest = hook.digest(|| call.digest());
                 if let Replayed::Raise(e) = replay_take(hook, digest) {
                     raise_recorded(&e);
                     return std::ptr::null_mut();

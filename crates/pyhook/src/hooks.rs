@@ -9,6 +9,7 @@
 use crate::calls::{Convention, FastFn, FastKwFn, InitFn, MethodFastKwFn, NoArgsFn, VarArgsKwFn};
 use pyo3::ffi;
 use retrace_recorder::wire::FN_HAS_DIGEST;
+use crate::fileio::FileOp;
 use std::ffi::CString;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
@@ -37,6 +38,10 @@ pub enum Handler {
     RandomSeed,
     /// `os._exit`: record it and close the trace, because atexit will not run.
     ProcessExit,
+    /// `_io.FileIO.__init__`: opening a data file (see `fileio.rs`).
+    FileOpen,
+    /// A method of a tracked `_io.FileIO`.
+    File(FileOp),
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -86,13 +91,15 @@ impl Hook {
         }
     }
 
-    pub fn takes_arguments(&self) -> bool {
-        self.fn_flags() & FN_HAS_DIGEST != 0
+    /// The digest stored with this function's events: present exactly when its
+    /// definition in the trace says so, which is what the reader relies on.
+    pub fn digest(&self, compute: impl FnOnce() -> u32) -> Option<u32> {
+        (self.fn_flags() & FN_HAS_DIGEST != 0).then(compute)
     }
 }
 
 macro_rules! hook_table {
-    ($( $id:ident => $name:literal, $module:literal, [$($attr:literal),+], $target:ident, $handler:ident; )*) => {
+    ($( $id:ident => $name:literal, $module:literal, [$($attr:literal),+], $target:ident, $handler:expr; )*) => {
         #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
         #[derive(Clone, Copy, Debug)]
         #[repr(u32)]
@@ -107,7 +114,7 @@ macro_rules! hook_table {
                 module: $module,
                 path: &[$($attr),+],
                 target: Target::$target,
-                handler: Handler::$handler,
+                handler: $handler,
                 proxies: Proxies {
                     noargs: proxies::$id::noargs,
                     varargs: proxies::$id::varargs,
@@ -171,33 +178,44 @@ macro_rules! hook_table {
 }
 
 hook_table! {
-    time_time => "time.time", "time", ["time"], Method, Generic;
-    time_time_ns => "time.time_ns", "time", ["time_ns"], Method, Generic;
-    time_monotonic => "time.monotonic", "time", ["monotonic"], Method, Generic;
-    time_monotonic_ns => "time.monotonic_ns", "time", ["monotonic_ns"], Method, Generic;
-    time_perf_counter => "time.perf_counter", "time", ["perf_counter"], Method, Generic;
-    time_perf_counter_ns => "time.perf_counter_ns", "time", ["perf_counter_ns"], Method, Generic;
-    time_process_time => "time.process_time", "time", ["process_time"], Method, Generic;
-    time_process_time_ns => "time.process_time_ns", "time", ["process_time_ns"], Method, Generic;
-    time_thread_time => "time.thread_time", "time", ["thread_time"], Method, Generic;
-    time_thread_time_ns => "time.thread_time_ns", "time", ["thread_time_ns"], Method, Generic;
-    time_clock_gettime => "time.clock_gettime", "time", ["clock_gettime"], Method, Generic;
-    time_clock_gettime_ns => "time.clock_gettime_ns", "time", ["clock_gettime_ns"], Method, Generic;
-    time_sleep => "time.sleep", "time", ["sleep"], Method, Generic;
-    datetime_now => "datetime.datetime.now", "_datetime", ["datetime", "now"], Method, DatetimeNow;
-    datetime_utcnow => "datetime.datetime.utcnow", "_datetime", ["datetime", "utcnow"], Method, DatetimeUtcNow;
-    os_urandom => "os.urandom", "posix", ["urandom"], Method, Generic;
-    os_getrandom => "os.getrandom", "posix", ["getrandom"], Method, Generic;
-    os_getpid => "os.getpid", "posix", ["getpid"], Method, Generic;
-    os_getppid => "os.getppid", "posix", ["getppid"], Method, Generic;
-    os_getcwd => "os.getcwd", "posix", ["getcwd"], Method, Generic;
-    os_getcwdb => "os.getcwdb", "posix", ["getcwdb"], Method, Generic;
-    os_exit => "os._exit", "posix", ["_exit"], Method, ProcessExit;
-    random_seed => "random.Random.seed", "_random", ["Random", "seed"], Method, RandomSeed;
-    random_init => "random.Random.__init__", "_random", ["Random"], Init, RandomSeed;
-    environ_get => "os.environ[]", "os", ["environ"], Python, Generic;
-    environ_keys => "os.environ.keys", "os", ["environ"], Python, Generic;
-    environ_len => "os.environ.__len__", "os", ["environ"], Python, Generic;
+    time_time => "time.time", "time", ["time"], Method, Handler::Generic;
+    time_time_ns => "time.time_ns", "time", ["time_ns"], Method, Handler::Generic;
+    time_monotonic => "time.monotonic", "time", ["monotonic"], Method, Handler::Generic;
+    time_monotonic_ns => "time.monotonic_ns", "time", ["monotonic_ns"], Method, Handler::Generic;
+    time_perf_counter => "time.perf_counter", "time", ["perf_counter"], Method, Handler::Generic;
+    time_perf_counter_ns => "time.perf_counter_ns", "time", ["perf_counter_ns"], Method, Handler::Generic;
+    time_process_time => "time.process_time", "time", ["process_time"], Method, Handler::Generic;
+    time_process_time_ns => "time.process_time_ns", "time", ["process_time_ns"], Method, Handler::Generic;
+    time_thread_time => "time.thread_time", "time", ["thread_time"], Method, Handler::Generic;
+    time_thread_time_ns => "time.thread_time_ns", "time", ["thread_time_ns"], Method, Handler::Generic;
+    time_clock_gettime => "time.clock_gettime", "time", ["clock_gettime"], Method, Handler::Generic;
+    time_clock_gettime_ns => "time.clock_gettime_ns", "time", ["clock_gettime_ns"], Method, Handler::Generic;
+    time_sleep => "time.sleep", "time", ["sleep"], Method, Handler::Generic;
+    datetime_now => "datetime.datetime.now", "_datetime", ["datetime", "now"], Method, Handler::DatetimeNow;
+    datetime_utcnow => "datetime.datetime.utcnow", "_datetime", ["datetime", "utcnow"], Method, Handler::DatetimeUtcNow;
+    os_urandom => "os.urandom", "posix", ["urandom"], Method, Handler::Generic;
+    os_getrandom => "os.getrandom", "posix", ["getrandom"], Method, Handler::Generic;
+    os_getpid => "os.getpid", "posix", ["getpid"], Method, Handler::Generic;
+    os_getppid => "os.getppid", "posix", ["getppid"], Method, Handler::Generic;
+    os_getcwd => "os.getcwd", "posix", ["getcwd"], Method, Handler::Generic;
+    os_getcwdb => "os.getcwdb", "posix", ["getcwdb"], Method, Handler::Generic;
+    os_exit => "os._exit", "posix", ["_exit"], Method, Handler::ProcessExit;
+    random_seed => "random.Random.seed", "_random", ["Random", "seed"], Method, Handler::RandomSeed;
+    random_init => "random.Random.__init__", "_random", ["Random"], Init, Handler::RandomSeed;
+    environ_get => "os.environ[]", "os", ["environ"], Python, Handler::Generic;
+    environ_keys => "os.environ.keys", "os", ["environ"], Python, Handler::Generic;
+    environ_len => "os.environ.__len__", "os", ["environ"], Python, Handler::Generic;
+    fileio_open => "io.FileIO.__init__", "_io", ["FileIO"], Init, Handler::FileOpen;
+    fileio_read => "io.FileIO.read", "_io", ["FileIO", "read"], Method, Handler::File(FileOp::Plain);
+    fileio_readall => "io.FileIO.readall", "_io", ["FileIO", "readall"], Method, Handler::File(FileOp::Plain);
+    fileio_readinto => "io.FileIO.readinto", "_io", ["FileIO", "readinto"], Method, Handler::File(FileOp::ReadInto);
+    fileio_write => "io.FileIO.write", "_io", ["FileIO", "write"], Method, Handler::File(FileOp::Plain);
+    fileio_seek => "io.FileIO.seek", "_io", ["FileIO", "seek"], Method, Handler::File(FileOp::Plain);
+    fileio_tell => "io.FileIO.tell", "_io", ["FileIO", "tell"], Method, Handler::File(FileOp::Plain);
+    fileio_truncate => "io.FileIO.truncate", "_io", ["FileIO", "truncate"], Method, Handler::File(FileOp::Plain);
+    fileio_isatty => "io.FileIO.isatty", "_io", ["FileIO", "isatty"], Method, Handler::File(FileOp::Plain);
+    fileio_seekable => "io.FileIO.seekable", "_io", ["FileIO", "seekable"], Method, Handler::File(FileOp::Plain);
+    fileio_close => "io.FileIO.close", "_io", ["FileIO", "close"], Method, Handler::File(FileOp::Close);
 }
 
 impl Hook {

@@ -10,6 +10,7 @@ mod codec;
 mod dispatch;
 mod environ;
 mod exceptions;
+mod fileio;
 mod gil;
 mod handlers;
 mod hooks;

@@ -7,7 +7,7 @@ use pyo3::{ffi, Python};
 use retrace_recorder::{
     ChunkEncoder, Event, EventRecord, Events, RecordedError, TraceReader, TraceWriter, Value,
 };
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 pub const MODE_OFF: u8 = 0;
@@ -28,6 +28,8 @@ pub fn mode() -> u8 {
 pub struct State {
     pub threads: Threads,
     pub session: Session,
+    /// Addresses of the `_io.FileIO` objects whose calls are boundary calls.
+    pub files: BTreeSet<usize>,
 }
 
 pub enum Session {
@@ -38,7 +40,7 @@ pub enum Session {
 
 impl State {
     const fn new() -> Self {
-        State { threads: Threads::new(), session: Session::Idle }
+        State { threads: Threads::new(), session: Session::Idle, files: BTreeSet::new() }
     }
 }
 
