@@ -56,7 +56,7 @@ fn is_tracked(obj: *mut ffi::PyObject) -> bool {
 ///
 /// # Safety
 /// GIL held.
-unsafe fn called_by_import_system() -> bool {
+pub unsafe fn called_by_import_system() -> bool {
     // SAFETY: borrowed frame of the current thread; the code object is a new reference.
     unsafe {
         let frame = ffi::PyEval_GetFrame();

@@ -24,6 +24,14 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
                 || hook.digest(|| call.digest()),
                 || call.call_original(original),
             ),
+            Handler::GenericExceptImports if crate::fileio::called_by_import_system() => {
+                call.call_original(original)
+            }
+            Handler::GenericExceptImports => boundary(
+                hook,
+                || hook.digest(|| call.digest()),
+                || call.call_original(original),
+            ),
             Handler::DatetimeNow | Handler::DatetimeUtcNow => datetime_now(hook, call),
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),

@@ -30,6 +30,9 @@ pub enum Target {
 pub enum Handler {
     /// The result (or exception) is the call's whole effect.
     Generic,
+    /// As Generic, but live when the import system makes the call (it resolves `''` on
+    /// `sys.path` with `os.getcwd()`, and must find modules where they are at replay).
+    GenericExceptImports,
     /// `datetime.now`: read the clock once, build with `fromtimestamp`.
     DatetimeNow,
     /// `datetime.utcnow`: read the clock once, build with `utcfromtimestamp`.
@@ -197,8 +200,8 @@ hook_table! {
     os_getrandom => "os.getrandom", "posix", ["getrandom"], Method, Handler::Generic;
     os_getpid => "os.getpid", "posix", ["getpid"], Method, Handler::Generic;
     os_getppid => "os.getppid", "posix", ["getppid"], Method, Handler::Generic;
-    os_getcwd => "os.getcwd", "posix", ["getcwd"], Method, Handler::Generic;
-    os_getcwdb => "os.getcwdb", "posix", ["getcwdb"], Method, Handler::Generic;
+    os_getcwd => "os.getcwd", "posix", ["getcwd"], Method, Handler::GenericExceptImports;
+    os_getcwdb => "os.getcwdb", "posix", ["getcwdb"], Method, Handler::GenericExceptImports;
     os_exit => "os._exit", "posix", ["_exit"], Method, Handler::ProcessExit;
     random_seed => "random.Random.seed", "_random", ["Random", "seed"], Method, Handler::RandomSeed;
     random_init => "random.Random.__init__", "_random", ["Random"], Init, Handler::RandomSeed;

@@ -1,0 +1,149 @@
+//! TraceWriter behaviour: never overwrites, flushes on a timer, closes cleanly or not at all.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::sample_header;
+use retrace_recorder::encode::CHUNK_SLACK;
+use retrace_recorder::{ChunkEncoder, TraceErrorKind, TraceReader, TraceWriter, WriterOptions};
+
+#[test]
+fn an_existing_file_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    std::fs::write(&path, b"precious").unwrap();
+    let error = TraceWriter::create(&path, &sample_header(), WriterOptions::default())
+        .err()
+        .unwrap();
+    assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious");
+}
+
+#[test]
+fn the_header_is_on_disk_as_soon_as_create_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let reader = TraceReader::open(&path).unwrap();
+    assert_eq!(reader.header(), &sample_header());
+    writer.finish(0).unwrap();
+}
+
+#[test]
+fn flush_due_turns_on_after_the_interval_and_submit_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let options = WriterOptions {
+        flush_interval: Duration::from_millis(30),
+        ..WriterOptions::default()
+    };
+    let writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
+    let mut encoder = ChunkEncoder::new(1024);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !writer.flush_due() {
+        assert!(Instant::now() < deadline, "flush_due never turned on");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    encoder.end();
+    writer
+        .submit(encoder.take_chunk(writer.spare_buffer()))
+        .unwrap();
+    assert!(!writer.flush_due(), "submit clears flush_due");
+    // And it comes back after another quiet interval.
+    while !writer.flush_due() {
+        assert!(Instant::now() < deadline, "flush_due never turned on again");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let trailer = writer.finish(encoder.events_written()).unwrap();
+    assert_eq!(trailer.events, 1);
+    assert_eq!(trailer.chunks.len(), 1);
+}
+
+#[test]
+fn spare_buffers_are_empty_with_room_for_a_chunk_and_get_recycled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let options = WriterOptions {
+        chunk_capacity: 1000,
+        ..WriterOptions::default()
+    };
+    let writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
+    let spare = writer.spare_buffer();
+    assert!(spare.is_empty());
+    assert!(spare.capacity() >= 1000 + CHUNK_SLACK);
+
+    let mut encoder = ChunkEncoder::new(1000);
+    encoder.end();
+    let chunk = encoder.take_chunk(spare);
+    let submitted_ptr = chunk.as_ptr();
+    writer.submit(chunk).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let buffer = writer.spare_buffer();
+        assert!(buffer.is_empty());
+        if buffer.as_ptr() == submitted_ptr {
+            break; // the writer thread handed the submitted buffer back
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the submitted buffer never came back"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    writer.finish(1).unwrap();
+}
+
+#[test]
+fn empty_chunks_are_not_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    writer.submit(Vec::new()).unwrap();
+    let trailer = writer.finish(0).unwrap();
+    assert!(trailer.chunks.is_empty());
+    let mut reader = TraceReader::open(&path).unwrap();
+    assert_eq!(reader.events().count(), 0);
+    assert!(reader.trailer().is_some());
+}
+
+#[test]
+fn dropping_without_finish_writes_the_chunks_but_no_trailer() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let mut encoder = ChunkEncoder::new(1024);
+    encoder.thread(1);
+    encoder.end();
+    writer
+        .submit(encoder.take_chunk(writer.spare_buffer()))
+        .unwrap();
+    drop(writer);
+
+    let mut reader = TraceReader::open(&path).unwrap();
+    let items: Vec<_> = reader.events().collect();
+    assert_eq!(items.len(), 3);
+    assert_eq!(
+        items[1].as_ref().unwrap().event,
+        retrace_recorder::Event::End
+    );
+    let error = items[2].as_ref().unwrap_err();
+    assert_eq!(error.kind, TraceErrorKind::Truncated);
+    assert_eq!(error.offset, reader.file_len());
+    assert!(reader.trailer().is_none());
+}
+
+#[test]
+fn abandon_returns_at_once_and_writes_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let header_len = std::fs::metadata(&path).unwrap().len();
+    let started = Instant::now();
+    // What a forked child does: its copy of the writer has no thread behind it.
+    writer.abandon_in_forked_child();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), header_len);
+}
