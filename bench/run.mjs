@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// retrace benchmarks: every workload runs plain, recorded and replayed, in the same run,
+// interleaved, and is reported as ratios against plain Python (min / median / max).
+//
+//   npm run bench                 # all workloads, 5 rounds
+//   node bench/run.mjs --rounds 9 --only clock
+//
+// Results are printed as a table and written to bench/results/latest.json.
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
+import { tmpdir, cpus } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const cli = join(root, 'dist', 'cli.js');
+const bootDir = join(root, 'python', 'retrace', '_boot');
+const programs = join(root, 'bench', 'programs');
+
+const argv = process.argv.slice(2);
+const option = (name, fallback) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
+const rounds = Number(option('--rounds', '5'));
+const only = option('--only', null);
+const clockCalls = Number(option('--clock-calls', '2000000'));
+const computeSteps = Number(option('--compute-steps', '150000'));
+
+// The real interpreter, not a pyenv shim (a shim adds ~12 ms to every start).
+const python = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).stdout.trim();
+const scratch = mkdtempSync(join(tmpdir(), 'retrace-bench-'));
+let counter = 0;
+
+function timed(cmd, args, env = process.env) {
+  const started = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
+  const ms = Number(process.hrtime.bigint() - started) / 1e6;
+  if (r.status !== 0) {
+    throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
+  }
+  return { ms, stdout: r.stdout };
+}
+
+// Launching with the boot environment directly: what the CLI does, without Node's start-up.
+function hookEnv(mode, dir) {
+  const seed = 12345;
+  return {
+    ...process.env,
+    PYTHONPATH: bootDir,
+    PYTHONHASHSEED: String(seed),
+    __RETRACE_BOOT: JSON.stringify({ mode, dir, boot_dir: bootDir, pythonpath: null, hashseed_injected: true, hashseed: seed }),
+  };
+}
+
+function freshDir() {
+  return join(scratch, `rec-${counter++}`);
+}
+
+function traceBytes(dir) {
+  const traceDir = join(dir, 'trace');
+  return readdirSync(traceDir).reduce((n, f) => n + statSync(join(traceDir, f)).size, 0);
+}
+
+/** Runs `script args` plain, recorded and replayed; returns wall-clock ms for each. */
+function threeWays(script, args) {
+  const plain = timed(python, [script, ...args]).ms;
+  const dir = freshDir();
+  const recorded = timed(python, [script, ...args], hookEnv('record', dir)).ms;
+  const replayed = timed(python, [script, ...args], hookEnv('replay', dir)).ms;
+  const bytes = traceBytes(dir);
+  rmSync(dir, { recursive: true, force: true });
+  return { plain, recorded, replayed, bytes };
+}
+
+function stats(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { min: sorted[0], median: sorted[Math.floor(sorted.length / 2)], max: sorted[sorted.length - 1] };
+}
+
+const results = { machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, python }, rounds, workloads: {} };
+
+function report(name, unit, values, extra = {}) {
+  results.workloads[name] = { unit, ...stats(values), samples: values, ...extra };
+}
+
+if (!only || only === 'clock') {
+  // Cost per intercepted time.time(): (recorded(N) - recorded(0)) - (plain(N) - plain(0)), / N.
+  const perCall = [];
+  const replayPerCall = [];
+  const bytesPerEvent = [];
+  for (let i = 0; i < rounds; i++) {
+    const base = threeWays(join(programs, 'clock_loop.py'), ['0']);
+    const loop = threeWays(join(programs, 'clock_loop.py'), [String(clockCalls)]);
+    const plainLoop = loop.plain - base.plain;
+    perCall.push((((loop.recorded - base.recorded) - plainLoop) * 1e6) / clockCalls);
+    replayPerCall.push((((loop.replayed - base.replayed) - plainLoop) * 1e6) / clockCalls);
+    bytesPerEvent.push((loop.bytes - base.bytes) / clockCalls);
+  }
+  report('clock: ns added per time.time() (record)', 'ns', perCall);
+  report('clock: ns added per time.time() (replay)', 'ns', replayPerCall);
+  report('clock: trace bytes per time.time() event', 'bytes', bytesPerEvent, { calls: clockCalls });
+}
+
+if (!only || only === 'compute') {
+  const recordRatio = [];
+  const replayRatio = [];
+  for (let i = 0; i < rounds; i++) {
+    const r = threeWays(join(programs, 'compute.py'), [String(computeSteps)]);
+    recordRatio.push(r.recorded / r.plain);
+    replayRatio.push(r.replayed / r.plain);
+  }
+  report('compute-bound: recorded / plain', 'ratio', recordRatio, { steps: computeSteps });
+  report('compute-bound: replayed / plain', 'ratio', replayRatio, { steps: computeSteps });
+}
+
+if (!only || only === 'startup') {
+  const viaCli = [];
+  const viaHook = [];
+  for (let i = 0; i < rounds + 4; i++) {
+    const plain = timed(python, ['-c', 'pass']).ms;
+    const dirA = freshDir();
+    const cliRun = timed(process.execPath, [cli, 'record', '-o', dirA, '--', python, '-c', 'pass']).ms;
+    const dirB = freshDir();
+    const hookRun = timed(python, ['-c', 'pass'], hookEnv('record', dirB)).ms;
+    viaCli.push(cliRun - plain);
+    viaHook.push(hookRun - plain);
+    rmSync(dirA, { recursive: true, force: true });
+    rmSync(dirB, { recursive: true, force: true });
+  }
+  report('start-up added: retrace record (CLI, Node included)', 'ms', viaCli);
+  report('start-up added: recording hook alone (no CLI)', 'ms', viaHook);
+}
+
+rmSync(scratch, { recursive: true, force: true });
+mkdirSync(join(root, 'bench', 'results'), { recursive: true });
+writeFileSync(join(root, 'bench', 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+
+const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3));
+process.stdout.write(`machine: ${results.machine.cpus} cpus, ${results.machine.model}; ${python}; ${rounds} rounds\n`);
+process.stdout.write(`${'workload'.padEnd(56)} ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}  unit\n`);
+for (const [name, r] of Object.entries(results.workloads)) {
+  process.stdout.write(`${name.padEnd(56)} ${fmt(r.min).padStart(8)} ${fmt(r.median).padStart(8)} ${fmt(r.max).padStart(8)}  ${r.unit}\n`);
+}
+process.stderr.write('retrace: results written to bench/results/latest.json\n');
