@@ -282,7 +282,7 @@ pub unsafe fn tuple_items<'a>(tuple: *mut ffi::PyObject) -> &'a [*mut ffi::PyObj
     unsafe {
         let len = ffi::PyTuple_GET_SIZE(tuple);
         let items = (*(tuple as *mut ffi::PyTupleObject)).ob_item.as_ptr();
-        raw_slice(items as *const *mut ffi::PyObject, len)
+        raw_slice(items, len)
     }
 }
 

@@ -173,7 +173,7 @@ unsafe fn from_timestamp(cls: *mut ffi::PyObject, ns: i64, tz: Option<*mut ffi::
             ffi::Py_XDECREF(method);
             r
         } else if utc {
-            let f: crate::calls::NoArgsFn = std::mem::transmute((*def).ml_meth.PyCFunction);
+            let f: crate::calls::NoArgsFn = (*def).ml_meth.PyCFunction;
             f(cls, args)
         } else {
             let f: crate::calls::VarArgsKwFn = std::mem::transmute((*def).ml_meth.PyCFunction);

@@ -354,7 +354,7 @@ unsafe fn install_init(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(
         }
         hook.convention.store(Convention::InitSlot as u8 + 1, Ordering::Relaxed);
         hook.original.store(current, Ordering::Relaxed);
-        (*ty).tp_init = Some(std::mem::transmute::<InitFn, ffi::initproc>(proxy));
+        (*ty).tp_init = Some(proxy);
         Ok(())
     }
 }

@@ -222,7 +222,7 @@ impl Replayer {
 
     /// Takes the recorded outcome of a call to `hook` with `digest` made by `thread`.
     pub fn take(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Replayed, Divergence> {
-        let actual = || describe_call(&hook.name.to_owned(), digest);
+        let actual = || describe_call(hook.name, digest);
         let Some(ev) = self.next_significant(thread)? else {
             return Err(Divergence {
                 index: self.last_index.map(|i| i + 1),
