@@ -291,7 +291,7 @@ impl Replayer {
             Event::Raise { fn_id, digest, error } => {
                 format!("{} raising {}", describe_call(&self.fn_name(*fn_id), *digest), error.type_name)
             }
-            Event::End => "the end of the program".into(),
+            Event::End => "the end of the recording (the recorded program ended here)".into(),
             other => format!("a {} event", other.kind_name()),
         }
     }
