@@ -234,26 +234,50 @@ pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, del
     }
 }
 
+/// Two's-complement little-endian bytes of an int too large for i64, through
+/// `int.to_bytes` (the private `_PyLong_AsByteArray` changed signature in 3.13).
+///
 /// # Safety
 /// `obj` must be an exact int; the GIL must be held.
 unsafe fn long_to_le_bytes(obj: *mut ffi::PyObject) -> Vec<u8> {
-    // SAFETY: _PyLong_NumBits and _PyLong_AsByteArray only read the int.
-    unsafe {
-        let bits = _PyLong_NumBits(obj);
-        let len = (bits / 8 + 1).max(1);
-        let mut out = vec![0u8; len];
-        if ffi::_PyLong_AsByteArray(obj as *mut ffi::PyLongObject, out.as_mut_ptr(), len, 1, 1)
-            < 0
-        {
-            ffi::PyErr_Clear();
-        }
-        out
-    }
+    // SAFETY: the GIL is held and `obj` is a live int, per the contract; int.bit_length and
+    // int.to_bytes are C methods of the exact int type and run no user code.
+    let int = unsafe { pyo3::Bound::from_borrowed_ptr(pyo3::Python::assume_attached(), obj) };
+    let py = int.py();
+    let bytes = (|| -> pyo3::PyResult<Vec<u8>> {
+        use pyo3::types::PyAnyMethods;
+        let bits: usize = int.call_method0("bit_length")?.extract()?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        pyo3::types::PyDictMethods::set_item(&kwargs, "signed", true)?;
+        int.call_method("to_bytes", (bits / 8 + 1, "little"), Some(&kwargs))?.extract()
+    })();
+    bytes.unwrap_or_else(|e| {
+        drop(e);
+        vec![0]
+    })
 }
 
-extern "C" {
-    // Part of CPython's C API on every supported version, but missing from pyo3-ffi.
-    fn _PyLong_NumBits(obj: *mut ffi::PyObject) -> usize;
+/// A new int from little-endian bytes, through `int.from_bytes`.
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn long_from_le_bytes(bytes: &[u8], signed: bool) -> *mut ffi::PyObject {
+    // SAFETY: int.from_bytes is a C classmethod of int; the result is a new reference.
+    let py = unsafe { pyo3::Python::assume_attached() };
+    let result = (|| -> pyo3::PyResult<pyo3::Bound<'_, pyo3::PyAny>> {
+        use pyo3::types::PyAnyMethods;
+        let kwargs = pyo3::types::PyDict::new(py);
+        pyo3::types::PyDictMethods::set_item(&kwargs, "signed", signed)?;
+        py.get_type::<pyo3::types::PyInt>()
+            .call_method("from_bytes", (pyo3::types::PyBytes::new(py, bytes), "little"), Some(&kwargs))
+    })();
+    match result {
+        Ok(obj) => obj.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
 }
 
 /// Builds a new reference to the Python object a trace value stands for. Handles and
@@ -269,7 +293,7 @@ pub unsafe fn decode_value(value: &Value) -> *mut ffi::PyObject {
             Value::None | Value::Handle(_) => new_ref(ffi::Py_None()),
             Value::Bool(b) => new_ref(if *b { ffi::Py_True() } else { ffi::Py_False() }),
             Value::Int(v) => ffi::PyLong_FromLongLong(*v),
-            Value::BigInt(bytes) => ffi::_PyLong_FromByteArray(bytes.as_ptr(), bytes.len(), 1, 1),
+            Value::BigInt(bytes) => long_from_le_bytes(bytes, true),
             Value::Float(v) => ffi::PyFloat_FromDouble(*v),
             Value::Str(s) => {
                 ffi::PyUnicode_FromStringAndSize(s.as_ptr() as *const c_char, s.len() as _)

@@ -14,6 +14,9 @@ const OS_ERROR_ATTRS: [&std::ffi::CStr; 2] = [c"filename", c"filename2"];
 ///
 /// # Safety
 /// An exception must be set and the GIL held.
+// PyErr_Fetch/Restore are deprecated from 3.12 on but present through 3.13, and they are
+// the one pair that exists on every version we build for.
+#[allow(deprecated)]
 pub unsafe fn record_raise(enc: &mut ChunkEncoder, fn_id: u32, digest: Option<u32>) {
     // SAFETY: fetch/normalize/restore keep the exception intact for the caller; attribute
     // reads on exception instances run no user code for builtin exception types.

@@ -255,7 +255,7 @@ unsafe fn recorded_seed(hook: &'static Hook, digest: u32) -> Option<*mut ffi::Py
             },
             _ => return None,
         };
-        Some(ffi::_PyLong_FromByteArray(bytes.as_ptr(), bytes.len(), 1, 0))
+        Some(crate::codec::long_from_le_bytes(&bytes, false))
     }
 }
 

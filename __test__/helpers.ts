@@ -1,0 +1,196 @@
+/**
+ * Test helpers: run the built CLI (`dist/cli.js`), make scratch directories, write Python
+ * programs, and record-then-replay a program in one call.
+ *
+ * Scratch directories live under `<repo>/.retrace-test/tmp/` (git-ignored) and are kept
+ * after the run so a failure can be looked at; `npm test` clears them before it starts.
+ */
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { dirname, isAbsolute, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+/** The repository root (the directory holding package.json). */
+export const ROOT: string = (() => {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const pkg = join(dir, "package.json");
+    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, "utf8")) as { name?: string }).name === "@retrace-dev/retrace") {
+      return dir;
+    }
+    const parent = dirname(dir);
+    if (parent === dir) throw new Error("cannot find the retrace repository root");
+    dir = parent;
+  }
+})();
+
+/** The CLI under test. */
+export const CLI = join(ROOT, "dist", "cli.js");
+
+/** The Python used by end-to-end tests: `$RETRACE_TEST_PYTHON`, default `python3`. */
+export const PYTHON = process.env["RETRACE_TEST_PYTHON"] ?? "python3";
+
+export interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+export interface RunOptions {
+  cwd?: string;
+  /** Added to (or, with `undefined`, removed from) the test process's environment. */
+  env?: Record<string, string | undefined>;
+  /** Written to the CLI's stdin (default: nothing, stdin closed). */
+  input?: string;
+  /** Kill the CLI after this long (default 100 s). */
+  timeoutMs?: number;
+  /** Called with the child once it has started (e.g. to send it signals). */
+  onSpawn?: (child: import("node:child_process").ChildProcess) => void;
+  /** Called with each stdout chunk as it arrives. */
+  onStdout?: (chunk: string, child: import("node:child_process").ChildProcess) => void;
+}
+
+/** Environment for a child: ours plus `extra`, where `undefined` removes a variable. */
+export function childEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  // The test runner's own settings must not leak into the programs under test.
+  delete env["PYTHONHASHSEED"];
+  delete env["__RETRACE_BOOT"];
+  for (const [key, value] of Object.entries(extra)) {
+    if (value === undefined) delete env[key];
+    else env[key] = value;
+  }
+  return env;
+}
+
+/** Runs `node dist/cli.js ...args` and collects its output and exit status. */
+export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
+  return runProcess(process.execPath, [CLI, ...args], opts);
+}
+
+/** Runs any command and collects its output and exit status. */
+export function runProcess(command: string, args: string[], opts: RunOptions = {}): Promise<CliResult> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(command, args, {
+      cwd: opts.cwd ?? ROOT,
+      env: childEnv(opts.env),
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.setEncoding("utf8");
+    child.stderr.setEncoding("utf8");
+    child.stdout.on("data", (chunk: string) => {
+      stdout += chunk;
+      opts.onStdout?.(chunk, child);
+    });
+    child.stderr.on("data", (chunk: string) => {
+      stderr += chunk;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 100_000);
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on("close", (code, signal) => {
+      clearTimeout(timer);
+      resolvePromise({ code, signal, stdout, stderr });
+    });
+    child.stdin.end(opts.input ?? "");
+    opts.onSpawn?.(child);
+  });
+}
+
+/** A new empty directory under `.retrace-test/tmp/`. */
+export async function makeTempDir(prefix = "t"): Promise<string> {
+  const base = join(ROOT, ".retrace-test", "tmp");
+  await mkdir(base, { recursive: true });
+  return mkdtemp(join(base, `${prefix.replace(/[^\w.-]/g, "_")}-`));
+}
+
+/** Removes leading indentation common to all non-blank lines (so tests can indent sources). */
+export function dedent(source: string): string {
+  const lines = source.replace(/^\n/, "").split("\n");
+  const indents = lines.filter((l) => l.trim() !== "").map((l) => /^ */.exec(l)?.[0].length ?? 0);
+  const cut = indents.length > 0 ? Math.min(...indents) : 0;
+  return lines.map((l) => l.slice(cut)).join("\n");
+}
+
+/** Writes `source` (dedented) to `dir/name`, creating parent directories; returns its path. */
+export async function writeProgram(dir: string, name: string, source: string): Promise<string> {
+  const path = isAbsolute(name) ? name : join(dir, name);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFile(path, dedent(source));
+  return path;
+}
+
+export interface RecordAndReplayOptions {
+  /** Program arguments. */
+  args?: string[];
+  /** Extra files next to the program: name → contents. */
+  files?: Record<string, string | Uint8Array>;
+  /** Interpreter command (default {@link PYTHON}). */
+  python?: string;
+  /** Interpreter flags before the script. */
+  pythonArgs?: string[];
+  /** Environment changes for the recording. */
+  env?: Record<string, string | undefined>;
+  /** Environment changes for the replay (default: the same as `env`). */
+  replayEnv?: Record<string, string | undefined>;
+  /** Delete `files` before replaying (a replay must not need its inputs). */
+  deleteFilesBeforeReplay?: boolean;
+  /** Runs between record and replay. */
+  beforeReplay?: (ctx: { dir: string; recording: string }) => Promise<void> | void;
+  /** Program file name (default `main.py`). */
+  name?: string;
+  /** Stdin for the recorded run. */
+  input?: string;
+}
+
+export interface RecordAndReplayResult {
+  /** The scratch directory (cwd of both runs, holds the program). */
+  dir: string;
+  /** The recording directory. */
+  recording: string;
+  record: CliResult;
+  replay: CliResult;
+  /** The program's stderr at record time, without the CLI's `retrace: recording to` line. */
+  recordProgramStderr: string;
+}
+
+/** Writes a program, records it with the CLI, then replays the recording. */
+export async function recordAndReplay(
+  programSource: string,
+  opts: RecordAndReplayOptions = {},
+): Promise<RecordAndReplayResult> {
+  const dir = await makeTempDir("rr");
+  const name = opts.name ?? "main.py";
+  await writeProgram(dir, name, programSource);
+  for (const [file, contents] of Object.entries(opts.files ?? {})) {
+    const path = join(dir, file);
+    await mkdir(dirname(path), { recursive: true });
+    await writeFile(path, contents);
+  }
+  const recording = join(dir, "recording");
+  const command = [opts.python ?? PYTHON, ...(opts.pythonArgs ?? []), name, ...(opts.args ?? [])];
+  const record = await runCli(["record", "-o", recording, "--", ...command], {
+    cwd: dir,
+    ...(opts.env ? { env: opts.env } : {}),
+    ...(opts.input !== undefined ? { input: opts.input } : {}),
+  });
+  if (opts.deleteFilesBeforeReplay) {
+    for (const file of Object.keys(opts.files ?? {})) await rm(join(dir, file), { force: true, recursive: true });
+  }
+  await opts.beforeReplay?.({ dir, recording });
+  const replayEnv = opts.replayEnv ?? opts.env;
+  const replay = await runCli(["replay", recording], { cwd: dir, ...(replayEnv ? { env: replayEnv } : {}) });
+  const recordProgramStderr = record.stderr.replace(/^retrace: recording to .*\n/, "");
+  return { dir, recording: resolve(recording), record, replay, recordProgramStderr };
+}
+
+/** The lines of a CLI's stderr. */
+export function stderrLines(result: CliResult): string[] {
+  return result.stderr.split("\n").filter((l) => l !== "");
+}

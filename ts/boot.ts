@@ -1,0 +1,62 @@
+/**
+ * The environment the CLI hands the interpreter: PYTHONPATH with retrace's boot directory
+ * first, PYTHONHASHSEED, and `__RETRACE_BOOT` (see ARCHITECTURE.md, "The `__RETRACE_BOOT`
+ * contract").
+ */
+import { existsSync } from "node:fs";
+import { delimiter, join } from "node:path";
+import { bootDir } from "./paths.js";
+import { EXIT_COULD_NOT_START, RetraceError } from "./errors.js";
+
+/** The JSON object passed in `__RETRACE_BOOT`. */
+export interface BootConfig {
+  mode: "record" | "replay";
+  /** Absolute recording directory. */
+  dir: string;
+  /** The directory prepended to PYTHONPATH. */
+  boot_dir: string;
+  /** The original PYTHONPATH, or null when it was unset. */
+  pythonpath: string | null;
+  /** True when the CLI set PYTHONHASHSEED itself (the bootstrap then removes it). */
+  hashseed_injected: boolean;
+  /** The seed in force. */
+  hashseed: number;
+}
+
+/** Largest PYTHONHASHSEED Python accepts. */
+export const MAX_HASH_SEED = 4294967295;
+
+/** The boot directory, checked to hold retrace's `sitecustomize.py`. */
+export function checkedBootDir(): string {
+  const dir = bootDir();
+  if (!existsSync(join(dir, "sitecustomize.py"))) {
+    throw new RetraceError(
+      `retrace's Python start-up hook is missing (${join(dir, "sitecustomize.py")})`,
+      "reinstall retrace, or run `npm run build` in a source checkout",
+      EXIT_COULD_NOT_START,
+    );
+  }
+  return dir;
+}
+
+/** `base` plus PYTHONPATH, PYTHONHASHSEED and `__RETRACE_BOOT` for `config`. */
+export function childEnv(
+  base: NodeJS.ProcessEnv,
+  config: Omit<BootConfig, "pythonpath" | "boot_dir"> & { boot_dir: string },
+): { env: NodeJS.ProcessEnv; boot: BootConfig } {
+  const original = base["PYTHONPATH"];
+  const boot: BootConfig = {
+    mode: config.mode,
+    dir: config.dir,
+    boot_dir: config.boot_dir,
+    pythonpath: original ?? null,
+    hashseed_injected: config.hashseed_injected,
+    hashseed: config.hashseed,
+  };
+  const env: NodeJS.ProcessEnv = { ...base };
+  env["PYTHONPATH"] =
+    original !== undefined && original !== "" ? `${config.boot_dir}${delimiter}${original}` : config.boot_dir;
+  env["PYTHONHASHSEED"] = String(config.hashseed);
+  env["__RETRACE_BOOT"] = JSON.stringify(boot);
+  return { env, boot };
+}
