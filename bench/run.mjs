@@ -111,6 +111,27 @@ if (!only || only === 'compute') {
   report('compute-bound: replayed / plain', 'ratio', replayRatio, { steps: computeSteps });
 }
 
+if (!only || only === 'compute-instructions') {
+  // Wall time on these VMs varies by +-12% between identical runs; instruction counts under
+  // callgrind do not, so they show a few-percent overhead that wall time cannot.
+  const steps = Math.max(1, Math.floor(computeSteps / 8));
+  const count = (env) => {
+    const r = spawnSync('valgrind', ['--tool=callgrind', '--callgrind-out-file=/dev/null', python, join(programs, 'compute.py'), String(steps)], {
+      env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const m = /Collected : (\d+)/.exec(r.stderr ?? '');
+    if (r.status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${r.stderr || r.error}`);
+    return Number(m[1]);
+  };
+  const plain = count(process.env);
+  const dir = freshDir();
+  const recorded = count(hookEnv('record', dir));
+  const replayed = count(hookEnv('replay', dir));
+  rmSync(dir, { recursive: true, force: true });
+  report('compute-bound instructions: recorded / plain', 'ratio', [recorded / plain], { steps, plain, recorded });
+  report('compute-bound instructions: replayed / plain', 'ratio', [replayed / plain], { steps, plain, replayed });
+}
+
 if (!only || only === 'startup') {
   const viaCli = [];
   const viaHook = [];
@@ -133,10 +154,11 @@ rmSync(scratch, { recursive: true, force: true });
 mkdirSync(join(root, 'bench', 'results'), { recursive: true });
 writeFileSync(join(root, 'bench', 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
 
-const fmt = (v) => (Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3));
+const fmt = (v, unit) =>
+  unit === 'ratio' ? v.toFixed(3) : Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3);
 process.stdout.write(`machine: ${results.machine.cpus} cpus, ${results.machine.model}; ${python}; ${rounds} rounds\n`);
 process.stdout.write(`${'workload'.padEnd(56)} ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}  unit\n`);
 for (const [name, r] of Object.entries(results.workloads)) {
-  process.stdout.write(`${name.padEnd(56)} ${fmt(r.min).padStart(8)} ${fmt(r.median).padStart(8)} ${fmt(r.max).padStart(8)}  ${r.unit}\n`);
+  process.stdout.write(`${name.padEnd(56)} ${fmt(r.min, r.unit).padStart(8)} ${fmt(r.median, r.unit).padStart(8)} ${fmt(r.max, r.unit).padStart(8)}  ${r.unit}\n`);
 }
 process.stderr.write('retrace: results written to bench/results/latest.json\n');
