@@ -241,10 +241,10 @@ test("a program that makes more calls than recorded diverges at the end of the t
 test("injected variables and paths are invisible to the program and its children", async (t) => {
   const r = await recordAndReplay(`
     import os, sys, subprocess, threading
-    print(sorted(k for k in os.environ if "RETRACE" in k or k in ("PYTHONPATH", "PYTHONHASHSEED")))
+    print(sorted(k for k in os.environ if k.startswith("__RETRACE") or k in ("PYTHONPATH", "PYTHONHASHSEED")))
     print([p for p in sys.path if "retrace" in p.lower() and "_boot" in p])
     print(threading.active_count(), [t.name for t in threading.enumerate()])
-    print(subprocess.run([sys.executable, "-c", "import os; print(sorted(k for k in os.environ if 'RETRACE' in k or k in ('PYTHONPATH','PYTHONHASHSEED')))"], capture_output=True, text=True).stdout.strip())
+    print(subprocess.run([sys.executable, "-c", "import os; print(sorted(k for k in os.environ if k.startswith('__RETRACE') or k in ('PYTHONPATH','PYTHONHASHSEED')))"], capture_output=True, text=True).stdout.strip())
   `, { env: { PYTHONPATH: undefined, PYTHONHASHSEED: undefined } });
   t.is(r.record.code, 0, r.record.stderr);
   t.is(r.record.stdout, "[]\n[]\n1 ['MainThread']\n[]\n");

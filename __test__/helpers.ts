@@ -98,6 +98,9 @@ export function runProcess(command: string, args: string[], opts: RunOptions = {
       clearTimeout(timer);
       resolvePromise({ code, signal, stdout, stderr });
     });
+    // A program that exits (or closes stdin) before reading it makes this write fail with
+    // EPIPE; that is the program's business, not a test failure.
+    child.stdin.on("error", () => {});
     child.stdin.end(opts.input ?? "");
     opts.onSpawn?.(child);
   });
