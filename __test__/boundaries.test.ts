@@ -9,7 +9,7 @@ import { existsSync } from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { openRecording } from "../ts/api.js";
-import { CLI, makeTempDir, recordAndReplay, ROOT, runCli, runProcess, writeProgram, type RecordAndReplayResult } from "./helpers.js";
+import { CLI, makeTempDir, PYTHON, recordAndReplay, ROOT, runCli, runProcess, writeProgram, type RecordAndReplayResult } from "./helpers.js";
 
 /** The core check: same stdout, same stderr from the program, same exit status. */
 function assertSameRun(t: ExecutionContext, r: RecordAndReplayResult): void {
@@ -176,7 +176,7 @@ test("python -m module records and replays", async (t) => {
   const dir = await makeTempDir("m");
   await writeProgram(dir, "pkg/__init__.py", "");
   await writeProgram(dir, "pkg/tool.py", "import sys, time\nprint(__name__, sys.argv[1:], time.time())\n");
-  const record = await runCli(["record", "-o", join(dir, "rec"), "--", "python3", "-m", "pkg.tool", "a1"], { cwd: dir });
+  const record = await runCli(["record", "-o", join(dir, "rec"), "--", PYTHON, "-m", "pkg.tool", "a1"], { cwd: dir });
   t.is(record.code, 0, record.stderr);
   t.regex(record.stdout, /^__main__ \['a1'\] \d+\.\d+\n$/);
   const replay = await runCli(["replay", join(dir, "rec")], { cwd: dir });
@@ -258,7 +258,7 @@ test("a full disk stops the recording, not the program", async (t) => {
   t.is(mounted.code, 0, `this test needs root to mount a small tmpfs: ${mounted.stderr}`);
   try {
     await writeFile(join(dir, "big.py"), "import os\nn = sum(len(os.urandom(1000)) for _ in range(3000))\nprint('done', n)\n");
-    const r = await runCli(["record", "-o", join(mount, "rec"), "--", "python3", "big.py"], { cwd: dir });
+    const r = await runCli(["record", "-o", join(mount, "rec"), "--", PYTHON, "big.py"], { cwd: dir });
     t.is(r.code, 0, r.stderr);
     t.is(r.stdout, "done 3000000\n");
     t.regex(r.stderr, /retrace: recording stopped: .*No space left on device.*the program goes on unrecorded/);

@@ -6,6 +6,8 @@
 //   node scripts/test.mjs [--no-cargo] [ava args...]
 //
 // RETRACE_TEST_PYTHON chooses the interpreter for end-to-end tests (default python3).
+// RETRACE_TEST_MATRIX lists more CPython versions (default "3.12 3.13", from pyenv) on which
+// the record/replay suites run again; their extensions are built here when missing or stale.
 import { spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
@@ -82,21 +84,6 @@ need(
 );
 need(existsSync(join(root, "node_modules", "ava")), "node_modules is missing", "run `npm install`");
 need(existsSync(join(root, "python", "retrace", "_boot", "sitecustomize.py")), "python/retrace/_boot/sitecustomize.py is missing", "restore python/ from git");
-if (pyVersion !== undefined) {
-  let built = {};
-  try {
-    built = JSON.parse(readFileSync(join(root, "python", "retrace", "_built.json"), "utf8"));
-  } catch {
-    // reported below
-  }
-  const entry = built[pyVersion];
-  need(
-    entry !== undefined && existsSync(join(root, "python", "retrace", entry.file)),
-    `the CPython extension is not built for Python ${pyVersion} (${python})`,
-    `run \`npm run build:pyhook -- --python ${python}\``,
-  );
-}
-
 // Freshness: a build older than its sources tests the wrong code.
 if (existsSync(native)) {
   const rust = [newest("crates/node/src", (n) => n.endsWith(".rs")), newest("crates/recorder/src", (n) => n.endsWith(".rs"))];
@@ -123,7 +110,60 @@ function step(title, command, commandArgs) {
   }
 }
 
+// Totals over every ava run, for the closing `N passed, N failed` line.
+const totals = { passed: 0, failed: 0 };
+
+function avaRun(title, avaCliArgs, env = {}) {
+  process.stderr.write(`retrace: ${title}\n`);
+  const r = spawnSync(process.execPath, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...avaCliArgs], {
+    cwd: root,
+    stdio: ["inherit", "pipe", "pipe"],
+    env: { ...process.env, ...env },
+    encoding: "utf8",
+    maxBuffer: 256 * 1024 * 1024,
+  });
+  process.stdout.write(r.stdout ?? "");
+  process.stderr.write(r.stderr ?? "");
+  const output = `${r.stdout ?? ""}\n${r.stderr ?? ""}`;
+  totals.passed += Number(/(\d+) tests? passed/.exec(output)?.[1] ?? 0);
+  totals.failed += Number(/(\d+) tests? failed/.exec(output)?.[1] ?? 0) + Number(/(\d+) uncaught exceptions?/.exec(output)?.[1] ?? 0);
+  if (r.status !== 0) {
+    totals.failed = Math.max(totals.failed, 1);
+    process.stdout.write(`ava: ${totals.passed} passed, ${totals.failed} failed\n`);
+    process.stderr.write(`retrace: error: ${title} failed (${r.status ?? r.signal})\n`);
+    process.exit(r.status || 1);
+  }
+}
+
+// The other interpreters of the matrix, found in pyenv (a missing one is a failure).
+const pyenvRoot = process.env.PYENV_ROOT ?? join(process.env.HOME ?? "/root", ".pyenv");
+const matrix = (process.env.RETRACE_TEST_MATRIX ?? "3.12 3.13").split(/\s+/).filter(Boolean).map((version) => {
+  let dirs = [];
+  try {
+    dirs = readdirSync(join(pyenvRoot, "versions")).filter((d) => d.startsWith(`${version}.`) && /^\d+\.\d+\.\d+$/.test(d));
+  } catch {
+    // reported below
+  }
+  dirs.sort((a, b) => Number(a.split(".")[2]) - Number(b.split(".")[2]));
+  const found = dirs.at(-1);
+  if (found === undefined) {
+    process.stderr.write(`retrace: error: cannot run the tests: no CPython ${version} under ${pyenvRoot}/versions\nhint: install it (pyenv install ${version}) or set RETRACE_TEST_MATRIX\n`);
+    process.exit(1);
+  }
+  return { version, python: join(pyenvRoot, "versions", found, "bin", "python3") };
+});
+
 rmSync(join(root, ".retrace-test", "tmp"), { recursive: true, force: true });
+// The extension for each interpreter under test: cargo makes this a no-op when it is current.
+for (const py of [python, ...matrix.map((m) => m.python)]) {
+  step(`building the CPython extension for ${py}`, process.execPath, [join(root, "scripts", "build-pyhook.mjs"), "--python", py]);
+}
 if (!skipCargo) step("cargo test --workspace", "cargo", ["test", "--workspace"]);
 step("compiling the tests", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(root, "tsconfig.test.json")]);
-step("ava", process.execPath, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...avaArgs]);
+avaRun("ava", avaArgs);
+if (avaArgs.length === 0) {
+  for (const { version, python: py } of matrix) {
+    avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/damage.test.ts"], { RETRACE_TEST_PYTHON: py });
+  }
+}
+process.stdout.write(`ava: ${totals.passed} passed, ${totals.failed} failed\n`);
