@@ -10,7 +10,7 @@ import { EXIT_COULD_NOT_START, EXIT_USAGE, RetraceError } from "./errors.js";
 
 type Env = Record<string, string | undefined>;
 
-function isExecutableFile(path: string): boolean {
+export function isExecutableFile(path: string): boolean {
   try {
     if (!statSync(path).isFile()) return false;
     accessSync(path, constants.X_OK);
@@ -20,7 +20,7 @@ function isExecutableFile(path: string): boolean {
   }
 }
 
-function isDirectory(path: string): boolean {
+export function isDirectory(path: string): boolean {
   try {
     return statSync(path).isDirectory();
   } catch {

@@ -1,29 +1,11 @@
 /** `retrace replay DIR`: re-run a recorded program with its recorded boundary values. */
-import { accessSync, constants, existsSync, statSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { MAX_HASH_SEED, checkedBootDir, childEnv } from "./boot.js";
 import { EXIT_COULD_NOT_START, RetraceError } from "./errors.js";
 import { exitLike, launch } from "./launch.js";
 import { type RecordingMetadata, metaPath, readMetadata } from "./meta.js";
-import { findPythonVersion } from "./python.js";
-
-function isExecutableFile(path: string): boolean {
-  try {
-    if (!statSync(path).isFile()) return false;
-    accessSync(path, constants.X_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-function isDirectory(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
-}
+import { findPythonVersion, isDirectory, isExecutableFile } from "./python.js";
 
 function damaged(dir: string, what: string): RetraceError {
   return new RetraceError(

@@ -152,7 +152,6 @@ pub struct Replayer {
     expected_thread: u32,
     pending: Option<EventRecord>,
     pub last_index: Option<u64>,
-    pub cut_short_hint: bool,
 }
 
 /// Why a replay cannot go on.
@@ -175,7 +174,6 @@ impl Replayer {
             expected_thread: 0,
             pending: None,
             last_index: None,
-            cut_short_hint: false,
         }
     }
 
@@ -229,11 +227,7 @@ impl Replayer {
                 thread,
                 expected: "the end of the recording".into(),
                 actual: actual(),
-                hint: if self.cut_short_hint {
-                    "the recording was cut short (the recorded process was killed); the replay cannot go past its end"
-                } else {
-                    "the program made more boundary calls than when it was recorded: was its code or an unrecorded input changed?"
-                },
+                hint: "the program made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
                 bad_recording: false,
             });
         };
