@@ -393,6 +393,13 @@ fn write_value(out: &mut String, value: &Value) {
         Value::Redacted(len) => {
             let _ = write!(out, "[\"r\",{len}]");
         }
+        Value::Object { type_name, state } => {
+            out.push_str("[\"o\",[");
+            write_str(out, type_name);
+            out.push(',');
+            write_value(out, state);
+            out.push_str("]]");
+        }
     }
 }
 

@@ -155,7 +155,111 @@ pub unsafe fn is_encodable(obj: *mut ffi::PyObject, depth: u32) -> bool {
             }
             return true;
         }
-        false
+        match StructSeq::of(obj) {
+            Some(s) => is_encodable(s.state, depth + 1),
+            None => false,
+        }
+    }
+}
+
+/// A struct sequence (`os.stat_result`, `time.struct_time`, `os.times_result`...), which
+/// is stored as its type's name and the arguments `__reduce__` gives to rebuild it.
+struct StructSeq {
+    state: *mut ffi::PyObject,
+}
+
+impl StructSeq {
+    /// # Safety
+    /// GIL held, `obj` live.
+    unsafe fn of(obj: *mut ffi::PyObject) -> Option<StructSeq> {
+        // SAFETY: a struct sequence type is a direct tuple subclass with `n_fields` in its
+        // dict; its C `__reduce__` returns (type, (tuple, dict)) and runs no user code.
+        unsafe {
+            let ty = ffi::Py_TYPE(obj);
+            if (*ty).tp_base != std::ptr::addr_of_mut!(ffi::PyTuple_Type)
+                || (*ty).tp_dict.is_null()
+                || ffi::PyDict_GetItemString((*ty).tp_dict, c"n_fields".as_ptr()).is_null()
+            {
+                return None;
+            }
+            let reduced = ffi::PyObject_CallMethod(obj, c"__reduce__".as_ptr(), std::ptr::null());
+            if reduced.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            let state = if ffi::PyTuple_Check(reduced) != 0 && ffi::PyTuple_GET_SIZE(reduced) == 2 {
+                ffi::PyTuple_GET_ITEM(reduced, 1)
+            } else {
+                std::ptr::null_mut()
+            };
+            ffi::Py_XINCREF(state);
+            ffi::Py_DECREF(reduced);
+            (!state.is_null()).then_some(StructSeq { state })
+        }
+    }
+}
+
+impl Drop for StructSeq {
+    fn drop(&mut self) {
+        // SAFETY: we own one reference to `state`, and StructSeq only lives with the GIL held.
+        unsafe { ffi::Py_DECREF(self.state) };
+    }
+}
+
+/// `module:qualname` of an object's type.
+///
+/// # Safety
+/// GIL held, `ty` a live type.
+pub unsafe fn qualified_name(ty: *mut ffi::PyObject) -> String {
+    // SAFETY: __module__/__qualname__ of a type object.
+    unsafe {
+        let part = |name: &std::ffi::CStr| {
+            let v = ffi::PyObject_GetAttrString(ty, name.as_ptr());
+            if v.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            let s = utf8_of(v).map(|b| String::from_utf8_lossy(b).into_owned());
+            ffi::Py_DECREF(v);
+            s
+        };
+        let module = part(c"__module__").unwrap_or_else(|| "builtins".to_owned());
+        let qualname = part(c"__qualname__").unwrap_or_else(|| "object".to_owned());
+        format!("{module}:{qualname}")
+    }
+}
+
+/// Finds `module:qualname` among already-imported modules, never importing anything.
+/// Returns a new reference, or NULL (no exception set).
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn resolve_qualified(name: &str) -> *mut ffi::PyObject {
+    // SAFETY: dictionary and attribute lookups with error handling.
+    unsafe {
+        let (module, qualname) = name.split_once(':').unwrap_or(("builtins", name));
+        let Ok(cmodule) = std::ffi::CString::new(module) else {
+            return std::ptr::null_mut();
+        };
+        let mut obj = ffi::PyDict_GetItemString(ffi::PyImport_GetModuleDict(), cmodule.as_ptr());
+        if obj.is_null() {
+            return std::ptr::null_mut();
+        }
+        ffi::Py_INCREF(obj);
+        for part in qualname.split('.') {
+            let Ok(cpart) = std::ffi::CString::new(part) else {
+                ffi::Py_DECREF(obj);
+                return std::ptr::null_mut();
+            };
+            let next = ffi::PyObject_GetAttrString(obj, cpart.as_ptr());
+            ffi::Py_DECREF(obj);
+            if next.is_null() {
+                ffi::PyErr_Clear();
+                return std::ptr::null_mut();
+            }
+            obj = next;
+        }
+        obj
     }
 }
 
@@ -228,6 +332,9 @@ pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, del
                 encode_object(enc, k, None);
                 encode_object(enc, v, None);
             }
+        } else if let Some(s) = StructSeq::of(obj) {
+            enc.object(&qualified_name(ffi::Py_TYPE(obj) as *mut ffi::PyObject));
+            encode_object(enc, s.state, None);
         } else {
             enc.none();
         }
@@ -339,6 +446,22 @@ pub unsafe fn decode_value(value: &Value) -> *mut ffi::PyObject {
                     ffi::PyList_SET_ITEM(l, i as _, o);
                 }
                 l
+            }
+            Value::Object { type_name, state } => {
+                let ty = resolve_qualified(type_name);
+                let args = decode_value(state);
+                let result = if ty.is_null() || args.is_null() || ffi::PyTuple_Check(args) == 0 {
+                    if ffi::PyErr_Occurred().is_null() {
+                        let msg = std::ffi::CString::new(format!("retrace: cannot rebuild a recorded {type_name} at replay")).unwrap_or_default();
+                        ffi::PyErr_SetString(ffi::PyExc_RuntimeError, msg.as_ptr());
+                    }
+                    std::ptr::null_mut()
+                } else {
+                    ffi::PyObject_Call(ty, args, std::ptr::null_mut())
+                };
+                ffi::Py_XDECREF(ty);
+                ffi::Py_XDECREF(args);
+                result
             }
             Value::Dict(pairs) => {
                 let d = ffi::PyDict_New();

@@ -2,7 +2,7 @@
 //! attributes (errno comes along in `args`, as CPython's OSError keeps it), and rebuilt at
 //! replay only from types found in modules that are already imported.
 
-use crate::codec::{decode_value, encode_object, is_encodable, utf8_of};
+use crate::codec::{decode_value, encode_object, is_encodable, qualified_name, resolve_qualified};
 use pyo3::ffi;
 use retrace_recorder::{ChunkEncoder, RecordedError, Value};
 use std::ffi::CString;
@@ -26,7 +26,7 @@ pub unsafe fn record_raise(enc: &mut ChunkEncoder, fn_id: u32, digest: Option<u3
         let mut tb = std::ptr::null_mut();
         ffi::PyErr_Fetch(&mut ty, &mut val, &mut tb);
         ffi::PyErr_NormalizeException(&mut ty, &mut val, &mut tb);
-        let name = qualified_type_name(ty);
+        let name = if ty.is_null() { "builtins:RuntimeError".to_owned() } else { qualified_name(ty) };
         enc.raise(fn_id, digest, &name);
         let args = if val.is_null() {
             std::ptr::null_mut()
@@ -61,38 +61,6 @@ pub unsafe fn record_raise(enc: &mut ChunkEncoder, fn_id: u32, digest: Option<u3
             ffi::Py_DECREF(v);
         }
         ffi::PyErr_Restore(ty, val, tb);
-    }
-}
-
-/// `module:qualname` of an exception type, e.g. `builtins:FileNotFoundError`.
-///
-/// # Safety
-/// `ty` must be a type object (or NULL); the GIL held.
-unsafe fn qualified_type_name(ty: *mut ffi::PyObject) -> String {
-    // SAFETY: reading __module__/__qualname__ of an exception class.
-    unsafe {
-        if ty.is_null() {
-            return "builtins:RuntimeError".to_owned();
-        }
-        let module = attr_string(ty, c"__module__").unwrap_or_else(|| "builtins".to_owned());
-        let qualname = attr_string(ty, c"__qualname__").unwrap_or_else(|| "RuntimeError".to_owned());
-        format!("{module}:{qualname}")
-    }
-}
-
-/// # Safety
-/// `obj` live, GIL held.
-unsafe fn attr_string(obj: *mut ffi::PyObject, name: &std::ffi::CStr) -> Option<String> {
-    // SAFETY: as above.
-    unsafe {
-        let v = ffi::PyObject_GetAttrString(obj, name.as_ptr());
-        if v.is_null() {
-            ffi::PyErr_Clear();
-            return None;
-        }
-        let s = utf8_of(v).map(|b| String::from_utf8_lossy(b).into_owned());
-        ffi::Py_DECREF(v);
-        s
     }
 }
 
@@ -145,36 +113,17 @@ pub unsafe fn raise_recorded(error: &RecordedError) {
     }
 }
 
-/// Finds `module:qualname` among already-imported modules (never imports). Returns a new
-/// reference to an exception type, or NULL.
+/// The recorded exception's type, if it is an exception type of an imported module.
+/// Returns a new reference, or NULL.
 ///
 /// # Safety
 /// The GIL must be held.
 unsafe fn resolve_exception_type(name: &str) -> *mut ffi::PyObject {
-    // SAFETY: dictionary and attribute lookups with error handling.
+    // SAFETY: lookups through resolve_qualified, then a type check.
     unsafe {
-        let (module, qualname) = name.split_once(':').unwrap_or(("builtins", name));
-        let modules = ffi::PyImport_GetModuleDict();
-        let Ok(cmodule) = CString::new(module) else {
-            return std::ptr::null_mut();
-        };
-        let mut obj = ffi::PyDict_GetItemString(modules, cmodule.as_ptr());
+        let obj = resolve_qualified(name);
         if obj.is_null() {
-            return std::ptr::null_mut();
-        }
-        ffi::Py_INCREF(obj);
-        for part in qualname.split('.') {
-            let Ok(cpart) = CString::new(part) else {
-                ffi::Py_DECREF(obj);
-                return std::ptr::null_mut();
-            };
-            let next = ffi::PyObject_GetAttrString(obj, cpart.as_ptr());
-            ffi::Py_DECREF(obj);
-            if next.is_null() {
-                ffi::PyErr_Clear();
-                return std::ptr::null_mut();
-            }
-            obj = next;
+            return obj;
         }
         if ffi::PyType_Check(obj) != 0
             && ffi::PyType_IsSubtype(obj as *mut ffi::PyTypeObject, ffi::PyExc_BaseException as _) != 0

@@ -1,22 +1,22 @@
 //! Data files: `_io.FileIO`, under every `open()`.
 //!
-//! A FileIO opened by path while the program runs is *tracked*: its opening and every
-//! method that touches the file descriptor are boundary calls. At replay the file is not
-//! opened; the FileIO is initialised on `/dev/null` instead (so it has a real, harmless fd,
-//! and `closed`, `readable()` and friends behave), then given the recorded name and block
-//! size, and its reads return the recorded bytes. Writes are not performed again.
+//! Opening a FileIO by path while the program runs is a boundary call that yields a
+//! tracked descriptor (see `fds.rs`); every FileIO method on a tracked descriptor is a
+//! boundary call too. At replay the file is not opened: a stand-in takes the recorded
+//! descriptor number, the FileIO is initialised on it, and gets back the name the program
+//! opened and the block size the file had (it decides buffer sizes, so the sizes of later
+//! reads). Reads return the recorded bytes; writes are not performed again.
 //!
 //! Imports are code, not data: a FileIO opened directly by the import system (its top
 //! Python frame is `<frozen importlib...>` or `<frozen zipimport>`) is never tracked, so
 //! reading sources and writing `__pycache__` happen live, at record and replay alike.
-//! FileIO objects created before the session (stdin, stdout, stderr) and FileIO on a raw
-//! fd are not tracked either: output to the terminal really happens at replay.
 
 use crate::calls::{InitCall, RawCall};
 use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take};
 use crate::exceptions::raise_recorded;
 use crate::hooks::Hook;
-use crate::session::{mode, py, Replayed, MODE_RECORD, MODE_REPLAY, STATE};
+use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
+use crate::session::{mode, Replayed, MODE_RECORD, MODE_REPLAY};
 use pyo3::ffi;
 use retrace_recorder::Value;
 use std::os::raw::c_int;
@@ -30,26 +30,6 @@ pub enum FileOp {
     ReadInto,
     /// close: replayed, and the stand-in descriptor really closed.
     Close,
-}
-
-/// Addresses of tracked FileIO objects. An address leaves the set when its object is
-/// closed, and is reset on every `__init__`, so a reused address is never mistaken.
-fn set_tracked(obj: *mut ffi::PyObject, tracked: bool) {
-    // SAFETY: only called from hooks, with the GIL held.
-    let py = unsafe { py() };
-    STATE.with(py, |s| {
-        if tracked {
-            s.files.insert(obj as usize);
-        } else {
-            s.files.remove(&(obj as usize));
-        }
-    });
-}
-
-fn is_tracked(obj: *mut ffi::PyObject) -> bool {
-    // SAFETY: only called from hooks, with the GIL held.
-    let py = unsafe { py() };
-    STATE.with(py, |s| s.files.contains(&(obj as usize))).unwrap_or(false)
 }
 
 /// True when the innermost Python frame belongs to the import system.
@@ -87,27 +67,36 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
         let original = hook.original();
         let args = call.positional();
         let file = args.first().copied().or_else(|| keyword(call.kwargs, c"file"));
-        let opened_by_path = file.is_some_and(|f| ffi::PyLong_Check(f) == 0);
-        let ours = opened_by_path
-            && matches!(mode(), MODE_RECORD | MODE_REPLAY)
-            && is_active()
-            && !called_by_import_system();
-        if !ours {
-            set_tracked(call.slf, false);
+        let opener = args.get(3).copied().or_else(|| keyword(call.kwargs, c"opener"));
+        let active = matches!(mode(), MODE_RECORD | MODE_REPLAY) && is_active() && !called_by_import_system();
+        let by_path = file.is_some_and(|f| ffi::PyLong_Check(f) == 0) && opener.is_none_or(|o| o == ffi::Py_None());
+        if !active {
             return call.call_original(original);
         }
-        let digest = Some(open_digest(&call));
+        let digest = hook.digest(|| open_digest(&call));
+        if !by_path {
+            // FileIO(fd) or an opener: the descriptor comes from elsewhere (and is tracked
+            // if a recorded call made it); only the block size read from it is recorded.
+            let status = call.call_original(original);
+            if status == 0 && is_tracked(fd_field(call.slf)) {
+                return block_size(hook, call.slf, digest);
+            }
+            return status;
+        }
         if mode() == MODE_RECORD {
             let status = call.call_original(original);
             if status < 0 {
                 record_outcome(hook, digest, std::ptr::null_mut());
             } else {
+                let fd = fd_field(call.slf);
+                track(fd, FdKind::File);
                 let blksize = int_attr(call.slf, c"_blksize");
                 record_with(hook, |rec| {
                     rec.enc.call(hook.id, digest);
+                    rec.enc.tuple(2);
+                    rec.enc.int(i64::from(fd));
                     rec.enc.int(blksize);
                 });
-                set_tracked(call.slf, true);
             }
             return status;
         }
@@ -116,34 +105,82 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
                 raise_recorded(&e);
                 -1
             }
-            Replayed::Value(value) => {
-                let blksize = if let Value::Int(b) = value { b } else { 0 };
+            Replayed::Value(Value::Tuple(items)) if items.len() == 2 => {
+                let (Value::Int(fd), Value::Int(blksize)) = (&items[0], &items[1]) else {
+                    return bad_shape(hook);
+                };
+                let fd = *fd as c_int;
+                if let Err(why) = materialize(fd, FdKind::File) {
+                    crate::osfd::stand_in_failed(hook, &why);
+                }
                 let mode = args.get(1).copied().or_else(|| keyword(call.kwargs, c"mode"));
-                let status = open_stand_in(original, call.slf, stand_in_mode(mode));
+                let status = init_on_fd(original, call.slf, fd, mode);
                 if status < 0 {
                     return status;
                 }
-                // The program sees the name it opened and the block size it had, which
-                // decides the buffer size and so the sizes of later reads.
+                // The program sees the name it opened and the block size the file had.
                 if let Some(name) = file {
                     ffi::PyObject_SetAttrString(call.slf, c"name".as_ptr(), name);
                 }
-                let b = ffi::PyLong_FromLongLong(blksize);
-                if !b.is_null() {
-                    ffi::PyObject_SetAttrString(call.slf, c"_blksize".as_ptr(), b);
-                    ffi::Py_DECREF(b);
-                }
-                ffi::PyErr_Clear();
-                set_tracked(call.slf, true);
+                set_blksize(call.slf, *blksize);
                 0
             }
+            Replayed::Value(_) => bad_shape(hook),
+        }
+    }
+}
+
+/// The block size of a FileIO initialised on an already tracked descriptor.
+///
+/// # Safety
+/// GIL held; `slf` an initialised FileIO.
+unsafe fn block_size(hook: &'static Hook, slf: *mut ffi::PyObject, digest: Option<u32>) -> c_int {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if mode() == MODE_RECORD {
+            let blksize = int_attr(slf, c"_blksize");
+            record_with(hook, |rec| {
+                rec.enc.call(hook.id, digest);
+                rec.enc.int(blksize);
+            });
+            return 0;
+        }
+        match replay_take(hook, digest) {
+            Replayed::Value(Value::Int(blksize)) => {
+                set_blksize(slf, blksize);
+                0
+            }
+            Replayed::Raise(e) => {
+                raise_recorded(&e);
+                -1
+            }
+            Replayed::Value(_) => bad_shape(hook),
         }
     }
 }
 
 /// # Safety
+/// GIL held.
+unsafe fn set_blksize(slf: *mut ffi::PyObject, blksize: i64) {
+    // SAFETY: `_blksize` is a writable int member of FileIO.
+    unsafe {
+        let b = ffi::PyLong_FromLongLong(blksize);
+        if !b.is_null() {
+            ffi::PyObject_SetAttrString(slf, c"_blksize".as_ptr(), b);
+            ffi::Py_DECREF(b);
+        }
+        ffi::PyErr_Clear();
+    }
+}
+
+fn bad_shape(hook: &'static Hook) -> c_int {
+    crate::handlers::bad_value(hook)
+}
+
+
+/// # Safety
 /// GIL held; `kwargs` a dict or NULL.
-unsafe fn keyword(kwargs: *mut ffi::PyObject, name: &std::ffi::CStr) -> Option<*mut ffi::PyObject> {
+pub(crate) unsafe fn keyword(kwargs: *mut ffi::PyObject, name: &std::ffi::CStr) -> Option<*mut ffi::PyObject> {
     // SAFETY: borrowed dict lookup.
     unsafe {
         if kwargs.is_null() {
@@ -183,34 +220,20 @@ unsafe fn open_digest(call: &InitCall) -> u32 {
     }
 }
 
-/// The `/dev/null` mode that allows what the program's mode allows.
+/// Initialises a FileIO on descriptor `fd` with the program's mode.
 ///
 /// # Safety
-/// GIL held; `mode` a live object or None.
-unsafe fn stand_in_mode(mode: Option<*mut ffi::PyObject>) -> &'static std::ffi::CStr {
-    // SAFETY: reads the mode string.
-    let text = mode.and_then(|m| unsafe { crate::codec::utf8_of(m) }).unwrap_or(b"r");
-    if text.contains(&b'+') {
-        c"r+"
-    } else if text.contains(&b'a') {
-        c"a"
-    } else if text.contains(&b'w') || text.contains(&b'x') {
-        c"w"
-    } else {
-        c"r"
-    }
-}
-
-/// # Safety
-/// GIL held; `original` is FileIO's tp_init.
-unsafe fn open_stand_in(original: *mut std::os::raw::c_void, slf: *mut ffi::PyObject, mode: &std::ffi::CStr) -> c_int {
-    // SAFETY: calls FileIO.__init__ with ("/dev/null", mode).
+/// GIL held; `original` is FileIO's tp_init; `mode` live or None.
+unsafe fn init_on_fd(original: *mut std::os::raw::c_void, slf: *mut ffi::PyObject, fd: c_int, mode: Option<*mut ffi::PyObject>) -> c_int {
+    // SAFETY: calls FileIO.__init__(fd, mode) with new references released.
     unsafe {
-        let path = ffi::PyUnicode_FromString(c"/dev/null".as_ptr());
-        let mode = ffi::PyUnicode_FromString(mode.as_ptr());
-        let args = if path.is_null() || mode.is_null() { std::ptr::null_mut() } else { ffi::PyTuple_Pack(2, path, mode) };
-        ffi::Py_XDECREF(path);
-        ffi::Py_XDECREF(mode);
+        let fd_obj = ffi::PyLong_FromLong(fd.into());
+        let args = match mode {
+            Some(m) if !fd_obj.is_null() => ffi::PyTuple_Pack(2, fd_obj, m),
+            _ if !fd_obj.is_null() => ffi::PyTuple_Pack(1, fd_obj),
+            _ => std::ptr::null_mut(),
+        };
+        ffi::Py_XDECREF(fd_obj);
         if args.is_null() {
             return -1;
         }
@@ -247,7 +270,7 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
-        if !is_tracked(call.slf()) {
+        if !is_tracked(fd_field(call.slf())) {
             return call.call_original(original);
         }
         match op {
@@ -264,11 +287,11 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
-        set_tracked(call.slf(), false);
+        untrack(fd_field(call.slf()));
         match mode() {
             MODE_REPLAY if is_active() => {
                 let replayed = replay_take(hook, hook.digest(|| call.digest()));
-                // Close the stand-in descriptor whatever was recorded.
+                // Close the stand-in whatever was recorded.
                 let r = call.call_original(original);
                 ffi::Py_XDECREF(r);
                 ffi::PyErr_Clear();
@@ -285,11 +308,13 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     }
 }
 
-/// `readinto(buffer)`: records the bytes the call placed in the buffer.
+/// `readinto(buffer)`, `recv_into(buffer)`, `recvfrom_into(buffer)`: records the bytes
+/// the call placed in the caller's buffer along with its result (a count, or a tuple
+/// starting with the count), and at replay puts the same bytes in the buffer.
 ///
 /// # Safety
-/// As for [`method`].
-unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+/// Called through a method proxy with the GIL held; the buffer is the first argument.
+pub unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
     unsafe {
         let original = hook.original();
@@ -300,28 +325,46 @@ unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
         match mode() {
             MODE_RECORD if is_active() => {
                 let result = call.call_original(original);
-                if result.is_null() {
-                    record_outcome(hook, digest, result);
-                    return result;
-                }
-                let n = ffi::PyLong_AsSsize_t(result);
+                let count = if result.is_null() {
+                    None
+                } else if ffi::PyLong_Check(result) != 0 {
+                    Some(ffi::PyLong_AsSsize_t(result))
+                } else if ffi::PyTuple_Check(result) != 0 && ffi::PyTuple_GET_SIZE(result) > 0 {
+                    Some(ffi::PyLong_AsSsize_t(ffi::PyTuple_GET_ITEM(result, 0)))
+                } else {
+                    None // None from a non-blocking read: nothing was read
+                };
                 let mut view: ffi::Py_buffer = std::mem::zeroed();
-                if n < 0 || ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_SIMPLE) < 0 {
-                    ffi::PyErr_Clear();
+                let readable = match count {
+                    Some(n) if n >= 0 && crate::codec::is_encodable(result, 0) => {
+                        let ok = ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_SIMPLE) == 0;
+                        if !ok {
+                            ffi::PyErr_Clear(); // the call succeeded; only our look failed
+                        }
+                        ok
+                    }
+                    _ => false,
+                };
+                if !readable {
                     record_outcome(hook, digest, result);
                     return result;
                 }
-                let len = (n as usize).min(view.len as usize);
+                let len = (count.unwrap_or(0) as usize).min(view.len as usize);
                 let data = std::slice::from_raw_parts(view.buf as *const u8, len);
                 record_with(hook, |rec| {
                     rec.enc.call(hook.id, digest);
+                    rec.enc.tuple(2);
                     rec.enc.bytes(data);
+                    crate::codec::encode_object(&mut rec.enc, result, None);
                 });
                 ffi::PyBuffer_Release(&mut view);
                 result
             }
             MODE_REPLAY if is_active() => match replay_take(hook, digest) {
-                Replayed::Value(Value::Bytes(data)) => {
+                Replayed::Value(Value::Tuple(parts)) if parts.len() == 2 => {
+                    let (Value::Bytes(data), result) = (&parts[0], &parts[1]) else {
+                        return crate::codec::decode_value(&parts[1]);
+                    };
                     let mut view: ffi::Py_buffer = std::mem::zeroed();
                     if ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_WRITABLE) < 0 {
                         return std::ptr::null_mut();
@@ -329,7 +372,7 @@ unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
                     let len = data.len().min(view.len as usize);
                     std::ptr::copy_nonoverlapping(data.as_ptr(), view.buf as *mut u8, len);
                     ffi::PyBuffer_Release(&mut view);
-                    ffi::PyLong_FromSsize_t(len as ffi::Py_ssize_t)
+                    crate::codec::decode_value(result)
                 }
                 Replayed::Value(v) => crate::codec::decode_value(&v),
                 Replayed::Raise(e) => {

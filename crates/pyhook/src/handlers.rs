@@ -36,7 +36,9 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),
             Handler::File(op) => crate::fileio::method(hook, op, call),
-            Handler::FileOpen => call.call_original(original),
+            Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
+            Handler::Sock(op) => crate::sockets::method(hook, op, call),
+            Handler::FileOpen | Handler::SockInit => call.call_original(original),
         }
     }
 }
@@ -72,6 +74,7 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
                 r
             }
             Handler::FileOpen => crate::fileio::open(hook, call),
+            Handler::SockInit => crate::sockets::init(hook, call),
             _ => call.call_original(original),
         }
     }
@@ -308,7 +311,7 @@ unsafe fn process_exit(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
 }
 
 /// A recorded value of the wrong shape for its function: the trace and this build disagree.
-fn bad_value(hook: &'static Hook) -> ! {
+pub fn bad_value(hook: &'static Hook) -> ! {
     diverge(
         Divergence {
             index: None,

@@ -10,6 +10,8 @@ use crate::calls::{Convention, FastFn, FastKwFn, InitFn, MethodFastKwFn, NoArgsF
 use pyo3::ffi;
 use retrace_recorder::wire::FN_HAS_DIGEST;
 use crate::fileio::FileOp;
+use crate::osfd::FdOp;
+use crate::sockets::SockOp;
 use std::ffi::CString;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
@@ -45,6 +47,12 @@ pub enum Handler {
     FileOpen,
     /// A method of a tracked `_io.FileIO`.
     File(FileOp),
+    /// An `os`-level descriptor or path call, or `select.select` (see `osfd.rs`).
+    Fd(FdOp),
+    /// `_socket.socket.__init__`.
+    SockInit,
+    /// A method of a tracked socket.
+    Sock(SockOp),
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -219,6 +227,96 @@ hook_table! {
     fileio_isatty => "io.FileIO.isatty", "_io", ["FileIO", "isatty"], Method, Handler::File(FileOp::Plain);
     fileio_seekable => "io.FileIO.seekable", "_io", ["FileIO", "seekable"], Method, Handler::File(FileOp::Plain);
     fileio_close => "io.FileIO.close", "_io", ["FileIO", "close"], Method, Handler::File(FileOp::Close);
+    os_open => "os.open", "posix", ["open"], Method, Handler::Fd(FdOp::Open);
+    os_close => "os.close", "posix", ["close"], Method, Handler::Fd(FdOp::Close);
+    os_dup => "os.dup", "posix", ["dup"], Method, Handler::Fd(FdOp::Dup);
+    os_dup2 => "os.dup2", "posix", ["dup2"], Method, Handler::Fd(FdOp::Dup2);
+    os_pipe => "os.pipe", "posix", ["pipe"], Method, Handler::Fd(FdOp::Pipe);
+    os_pipe2 => "os.pipe2", "posix", ["pipe2"], Method, Handler::Fd(FdOp::Pipe);
+    os_read => "os.read", "posix", ["read"], Method, Handler::Fd(FdOp::Use);
+    os_write => "os.write", "posix", ["write"], Method, Handler::Fd(FdOp::Use);
+    os_pread => "os.pread", "posix", ["pread"], Method, Handler::Fd(FdOp::Use);
+    os_pwrite => "os.pwrite", "posix", ["pwrite"], Method, Handler::Fd(FdOp::Use);
+    os_readv => "os.readv", "posix", ["readv"], Method, Handler::Fd(FdOp::Use);
+    os_writev => "os.writev", "posix", ["writev"], Method, Handler::Fd(FdOp::Use);
+    os_lseek => "os.lseek", "posix", ["lseek"], Method, Handler::Fd(FdOp::Use);
+    os_fstat => "os.fstat", "posix", ["fstat"], Method, Handler::Fd(FdOp::Use);
+    os_fsync => "os.fsync", "posix", ["fsync"], Method, Handler::Fd(FdOp::Use);
+    os_fdatasync => "os.fdatasync", "posix", ["fdatasync"], Method, Handler::Fd(FdOp::Use);
+    os_ftruncate => "os.ftruncate", "posix", ["ftruncate"], Method, Handler::Fd(FdOp::Use);
+    os_isatty => "os.isatty", "posix", ["isatty"], Method, Handler::Fd(FdOp::Use);
+    os_stat => "os.stat", "posix", ["stat"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_lstat => "os.lstat", "posix", ["lstat"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_listdir => "os.listdir", "posix", ["listdir"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_access => "os.access", "posix", ["access"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_readlink => "os.readlink", "posix", ["readlink"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_statvfs => "os.statvfs", "posix", ["statvfs"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_chdir => "os.chdir", "posix", ["chdir"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_mkdir => "os.mkdir", "posix", ["mkdir"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_rmdir => "os.rmdir", "posix", ["rmdir"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_unlink => "os.unlink", "posix", ["unlink"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_remove => "os.remove", "posix", ["remove"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_rename => "os.rename", "posix", ["rename"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_replace => "os.replace", "posix", ["replace"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_chmod => "os.chmod", "posix", ["chmod"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_utime => "os.utime", "posix", ["utime"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_symlink => "os.symlink", "posix", ["symlink"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_link => "os.link", "posix", ["link"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_truncate => "os.truncate", "posix", ["truncate"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_fork => "os.fork", "posix", ["fork"], Method, Handler::Generic;
+    os_waitpid => "os.waitpid", "posix", ["waitpid"], Method, Handler::Generic;
+    os_wait => "os.wait", "posix", ["wait"], Method, Handler::Generic;
+    os_wait4 => "os.wait4", "posix", ["wait4"], Method, Handler::Generic;
+    os_kill => "os.kill", "posix", ["kill"], Method, Handler::Generic;
+    os_posix_spawn => "os.posix_spawn", "posix", ["posix_spawn"], Method, Handler::Generic;
+    os_posix_spawnp => "os.posix_spawnp", "posix", ["posix_spawnp"], Method, Handler::Generic;
+    os_getuid => "os.getuid", "posix", ["getuid"], Method, Handler::Generic;
+    os_geteuid => "os.geteuid", "posix", ["geteuid"], Method, Handler::Generic;
+    os_getgid => "os.getgid", "posix", ["getgid"], Method, Handler::Generic;
+    os_getegid => "os.getegid", "posix", ["getegid"], Method, Handler::Generic;
+    os_uname => "os.uname", "posix", ["uname"], Method, Handler::Generic;
+    os_times => "os.times", "posix", ["times"], Method, Handler::Generic;
+    os_cpu_count => "os.cpu_count", "posix", ["cpu_count"], Method, Handler::Generic;
+    os_getloadavg => "os.getloadavg", "posix", ["getloadavg"], Method, Handler::Generic;
+    os_get_terminal_size => "os.get_terminal_size", "posix", ["get_terminal_size"], Method, Handler::Generic;
+    time_localtime => "time.localtime", "time", ["localtime"], Method, Handler::Generic;
+    time_gmtime => "time.gmtime", "time", ["gmtime"], Method, Handler::Generic;
+    time_ctime => "time.ctime", "time", ["ctime"], Method, Handler::Generic;
+    time_asctime => "time.asctime", "time", ["asctime"], Method, Handler::Generic;
+    time_strftime => "time.strftime", "time", ["strftime"], Method, Handler::Generic;
+    subprocess_fork_exec => "_posixsubprocess.fork_exec", "_posixsubprocess", ["fork_exec"], Method, Handler::Generic;
+    select_select => "select.select", "select", ["select"], Method, Handler::Fd(FdOp::Select);
+    select_poll_poll => "select.poll.poll", "select", ["poll", "()", "poll"], Method, Handler::Generic;
+    select_epoll_poll => "select.epoll.poll", "select", ["epoll", "poll"], Method, Handler::Generic;
+    socket_init => "socket.socket.__init__", "_socket", ["socket"], Init, Handler::SockInit;
+    socket_accept => "socket.socket._accept", "_socket", ["socket", "_accept"], Method, Handler::Sock(SockOp::Accept);
+    socket_bind => "socket.socket.bind", "_socket", ["socket", "bind"], Method, Handler::Sock(SockOp::Plain);
+    socket_connect => "socket.socket.connect", "_socket", ["socket", "connect"], Method, Handler::Sock(SockOp::Plain);
+    socket_connect_ex => "socket.socket.connect_ex", "_socket", ["socket", "connect_ex"], Method, Handler::Sock(SockOp::Plain);
+    socket_listen => "socket.socket.listen", "_socket", ["socket", "listen"], Method, Handler::Sock(SockOp::Plain);
+    socket_send => "socket.socket.send", "_socket", ["socket", "send"], Method, Handler::Sock(SockOp::Plain);
+    socket_sendall => "socket.socket.sendall", "_socket", ["socket", "sendall"], Method, Handler::Sock(SockOp::Plain);
+    socket_sendto => "socket.socket.sendto", "_socket", ["socket", "sendto"], Method, Handler::Sock(SockOp::Plain);
+    socket_sendmsg => "socket.socket.sendmsg", "_socket", ["socket", "sendmsg"], Method, Handler::Sock(SockOp::Plain);
+    socket_recv => "socket.socket.recv", "_socket", ["socket", "recv"], Method, Handler::Sock(SockOp::Plain);
+    socket_recvfrom => "socket.socket.recvfrom", "_socket", ["socket", "recvfrom"], Method, Handler::Sock(SockOp::Plain);
+    socket_recvmsg => "socket.socket.recvmsg", "_socket", ["socket", "recvmsg"], Method, Handler::Sock(SockOp::Plain);
+    socket_recv_into => "socket.socket.recv_into", "_socket", ["socket", "recv_into"], Method, Handler::Sock(SockOp::ReadInto);
+    socket_recvfrom_into => "socket.socket.recvfrom_into", "_socket", ["socket", "recvfrom_into"], Method, Handler::Sock(SockOp::ReadInto);
+    socket_shutdown => "socket.socket.shutdown", "_socket", ["socket", "shutdown"], Method, Handler::Sock(SockOp::Plain);
+    socket_getpeername => "socket.socket.getpeername", "_socket", ["socket", "getpeername"], Method, Handler::Sock(SockOp::Plain);
+    socket_getsockname => "socket.socket.getsockname", "_socket", ["socket", "getsockname"], Method, Handler::Sock(SockOp::Plain);
+    socket_getsockopt => "socket.socket.getsockopt", "_socket", ["socket", "getsockopt"], Method, Handler::Sock(SockOp::Plain);
+    socket_setsockopt => "socket.socket.setsockopt", "_socket", ["socket", "setsockopt"], Method, Handler::Sock(SockOp::Plain);
+    socket_close => "socket.socket.close", "_socket", ["socket", "close"], Method, Handler::Sock(SockOp::Close);
+    socket_getaddrinfo => "socket.getaddrinfo", "_socket", ["getaddrinfo"], Method, Handler::Generic;
+    socket_getnameinfo => "socket.getnameinfo", "_socket", ["getnameinfo"], Method, Handler::Generic;
+    socket_gethostbyname => "socket.gethostbyname", "_socket", ["gethostbyname"], Method, Handler::Generic;
+    socket_gethostbyname_ex => "socket.gethostbyname_ex", "_socket", ["gethostbyname_ex"], Method, Handler::Generic;
+    socket_gethostbyaddr => "socket.gethostbyaddr", "_socket", ["gethostbyaddr"], Method, Handler::Generic;
+    socket_gethostname => "socket.gethostname", "_socket", ["gethostname"], Method, Handler::Generic;
+    socket_getservbyname => "socket.getservbyname", "_socket", ["getservbyname"], Method, Handler::Generic;
+    socket_getservbyport => "socket.getservbyport", "_socket", ["getservbyport"], Method, Handler::Generic;
 }
 
 impl Hook {
@@ -274,12 +372,18 @@ unsafe fn resolve(module: *mut ffi::PyObject, path: &[&str]) -> Result<*mut ffi:
         let mut obj = module;
         ffi::Py_INCREF(obj);
         for part in path {
-            let cpart = CString::new(*part).map_err(|e| e.to_string())?;
-            let next = ffi::PyObject_GetAttrString(obj, cpart.as_ptr());
+            // "()" calls what the path reached so far: the only way to a method of a type
+            // that is not exposed by name (`select.poll()` objects).
+            let next = if *part == "()" {
+                ffi::PyObject_CallNoArgs(obj)
+            } else {
+                let cpart = CString::new(*part).map_err(|e| e.to_string())?;
+                ffi::PyObject_GetAttrString(obj, cpart.as_ptr())
+            };
             ffi::Py_DECREF(obj);
             if next.is_null() {
                 ffi::PyErr_Clear();
-                return Err(format!("no attribute {part}"));
+                return Err(format!("cannot resolve {part}"));
             }
             obj = next;
         }
@@ -355,6 +459,17 @@ unsafe fn install_init(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(
         hook.convention.store(Convention::InitSlot as u8 + 1, Ordering::Relaxed);
         hook.original.store(current, Ordering::Relaxed);
         (*ty).tp_init = Some(proxy);
+        // Python subclasses call `Base.__init__(self, ...)` explicitly (socket.socket does),
+        // which goes through the type's `__init__` wrapper descriptor: it holds its own copy
+        // of the function pointer, so it is redirected too.
+        let dict = (*ty).tp_dict;
+        let descr = if dict.is_null() { std::ptr::null_mut() } else { ffi::PyDict_GetItemString(dict, c"__init__".as_ptr()) };
+        if !descr.is_null() && ffi::Py_TYPE(descr) == std::ptr::addr_of_mut!(ffi::PyWrapperDescr_Type) {
+            let wrapper = descr as *mut ffi::PyWrapperDescrObject;
+            if (*wrapper).d_wrapped == current {
+                (*wrapper).d_wrapped = proxy as *mut c_void;
+            }
+        }
         Ok(())
     }
 }

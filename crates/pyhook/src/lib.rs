@@ -10,7 +10,10 @@ mod codec;
 mod dispatch;
 mod environ;
 mod exceptions;
+mod fds;
 mod fileio;
+mod osfd;
+mod sockets;
 mod gil;
 mod handlers;
 mod hooks;
@@ -135,6 +138,8 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             // The starting thread (the main thread) becomes thread 0.
             s.threads.current();
             s.session = session;
+            // What the program reads from standard input is input: recorded, replayed.
+            s.fds.insert(0, fds::FdKind::File);
         })
         .ok_or_else(|| PyRuntimeError::new_err("retrace state busy"))?;
     // SAFETY: registering plain C callbacks; they only touch our own state.
@@ -144,9 +149,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
     }
     let mut warnings = Vec::new();
     let modules = py.import("sys")?.getattr("modules")?;
-    let mut names: Vec<&str> = HOOKS.iter().filter(|h| h.target != Target::Python).map(|h| h.module).collect();
-    names.dedup();
-    for name in names {
+    for name in watched_modules() {
         if let Ok(module) = modules.get_item(name) {
             warnings.extend(install(name, &module));
         }
@@ -167,6 +170,7 @@ fn install(name: &str, module: &Bound<'_, PyAny>) -> Vec<String> {
 
 fn watched_modules() -> Vec<&'static str> {
     let mut names: Vec<&str> = HOOKS.iter().filter(|h| h.target != Target::Python).map(|h| h.module).collect();
+    names.sort_unstable();
     names.dedup();
     names
 }

@@ -7,7 +7,9 @@ use pyo3::{ffi, Python};
 use retrace_recorder::{
     ChunkEncoder, Event, EventRecord, Events, RecordedError, TraceReader, TraceWriter, Value,
 };
-use std::collections::{BTreeSet, HashMap};
+use crate::fds::FdKind;
+use std::collections::{BTreeMap, HashMap};
+use std::os::raw::c_int;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 pub const MODE_OFF: u8 = 0;
@@ -28,8 +30,8 @@ pub fn mode() -> u8 {
 pub struct State {
     pub threads: Threads,
     pub session: Session,
-    /// Addresses of the `_io.FileIO` objects whose calls are boundary calls.
-    pub files: BTreeSet<usize>,
+    /// Descriptors opened by recorded calls (see `fds.rs`); standard input from the start.
+    pub fds: BTreeMap<c_int, FdKind>,
 }
 
 pub enum Session {
@@ -40,7 +42,7 @@ pub enum Session {
 
 impl State {
     const fn new() -> Self {
-        State { threads: Threads::new(), session: Session::Idle, files: BTreeSet::new() }
+        State { threads: Threads::new(), session: Session::Idle, fds: BTreeMap::new() }
     }
 }
 

@@ -353,6 +353,12 @@ impl ChunkEncoder {
         write_varint(&mut self.buf, original_len);
     }
 
+    /// Followed by one value: the state the object is rebuilt from.
+    pub fn object(&mut self, type_name: &str) {
+        self.buf.push(TAG_OBJECT);
+        self.raw_str(type_name.as_bytes());
+    }
+
     /// Writes a whole decoded [`Value`] (never as a delta). A convenience for tools and tests;
     /// the hot path writes values piece by piece from Python objects instead.
     pub fn value(&mut self, v: &Value) {
@@ -382,6 +388,10 @@ impl ChunkEncoder {
             }
             Value::Handle(id) => self.handle(*id),
             Value::Redacted(len) => self.redacted(*len),
+            Value::Object { type_name, state } => {
+                self.object(type_name);
+                self.value(state);
+            }
         }
     }
 }

@@ -84,6 +84,9 @@ pub enum Value {
     Handle(u32),
     /// A secret we refused to store; only its original length is kept.
     Redacted(u64),
+    /// An instance of `type_name` (`module:qualname`), rebuilt at replay as
+    /// `type(*state)` where `state` is a tuple; the reader never resolves the type.
+    Object { type_name: String, state: Box<Value> },
 }
 
 impl PartialEq for Value {
@@ -102,6 +105,10 @@ impl PartialEq for Value {
             (Value::Dict(a), Value::Dict(b)) => a == b,
             (Value::Handle(a), Value::Handle(b)) => a == b,
             (Value::Redacted(a), Value::Redacted(b)) => a == b,
+            (
+                Value::Object { type_name: a, state: sa },
+                Value::Object { type_name: b, state: sb },
+            ) => a == b && sa == sb,
             _ => false,
         }
     }

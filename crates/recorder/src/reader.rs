@@ -718,6 +718,14 @@ fn decode_tagged(cursor: &mut Cursor<'_>, tag: u8, depth: usize) -> Result<Value
         TAG_HANDLE => Value::Handle(cursor.u32_varint()?),
         TAG_STR_SURROGATES => Value::StrSurrogates(cursor.byte_string()?.to_vec()),
         TAG_REDACTED => Value::Redacted(cursor.varint()?),
+        TAG_OBJECT => {
+            if depth >= MAX_VALUE_DEPTH {
+                return Err(format!("values nested deeper than {MAX_VALUE_DEPTH}"));
+            }
+            let type_name = cursor.str()?;
+            let state = Box::new(decode_value(cursor, depth + 1)?);
+            Value::Object { type_name, state }
+        }
         _ => return Err(format!("unknown value tag {tag:#04x}")),
     })
 }

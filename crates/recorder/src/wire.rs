@@ -61,6 +61,9 @@ pub const TAG_DICT: u8 = 0x0C;
 pub const TAG_HANDLE: u8 = 0x0D;
 pub const TAG_STR_SURROGATES: u8 = 0x0E;
 pub const TAG_REDACTED: u8 = 0x0F;
+/// An instance of a named type rebuilt from its state: `type(*state)` (struct sequences
+/// such as `os.stat_result`, `time.struct_time`).
+pub const TAG_OBJECT: u8 = 0x10;
 
 // ---- integers ----
 

@@ -101,6 +101,30 @@ pub struct TraceWriter {
     started: Instant,
 }
 
+/// Descriptors below this are left to the program being recorded.
+const FIRST_PRIVATE_FD: i32 = 1000;
+
+/// Moves the trace file's descriptor to [`FIRST_PRIVATE_FD`] or above (close-on-exec), so
+/// the program's own descriptors get the same numbers while recording as while replaying,
+/// where no trace file is open. Keeps the original when that is not possible.
+#[cfg(unix)]
+fn high_numbered(file: File) -> File {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new descriptor (or -1) that
+    // nothing else owns; the original is closed when `file` drops.
+    let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_PRIVATE_FD) };
+    if moved < 0 {
+        return file;
+    }
+    // SAFETY: `moved` is a fresh descriptor owned by nobody else.
+    unsafe { File::from_raw_fd(moved) }
+}
+
+#[cfg(not(unix))]
+fn high_numbered(file: File) -> File {
+    file
+}
+
 impl TraceWriter {
     /// Creates the file with `create_new` (an existing file is an error, never overwritten),
     /// writes the header frame synchronously, and spawns the "retrace-writer" thread.
@@ -113,7 +137,7 @@ impl TraceWriter {
     ) -> io::Result<TraceWriter> {
         // Validate before creating anything, so a bad header leaves no empty file behind.
         let header_frame = header_frame(header)?;
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = high_numbered(OpenOptions::new().write(true).create_new(true).open(path)?);
         let description = path.display().to_string();
         Self::start(Box::new(file), description, &header_frame, options)
     }

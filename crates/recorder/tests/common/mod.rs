@@ -351,7 +351,8 @@ pub fn value() -> impl Strategy<Value = Value> {
         prop_oneof![
             vec(inner.clone(), 0..6).prop_map(Value::Tuple),
             vec(inner.clone(), 0..6).prop_map(Value::List),
-            vec((inner.clone(), inner), 0..4).prop_map(Value::Dict),
+            vec((inner.clone(), inner.clone()), 0..4).prop_map(Value::Dict),
+            (text(), inner).prop_map(|(type_name, state)| Value::Object { type_name, state: Box::new(state) }),
         ]
     })
 }

@@ -1,0 +1,114 @@
+//! File descriptors the recording owns.
+//!
+//! A descriptor opened by a recorded call (a data file, a socket, a pipe to a child) is
+//! *tracked*: every call that uses it is a boundary call, identified by the descriptor's
+//! number. At replay the outside world behind it does not exist, so the descriptor is
+//! *materialised* as a harmless stand-in of the same kind at exactly the recorded number
+//! (`/dev/null` for files, an unconnected socket of the same family for sockets, a fresh
+//! pipe for pipes). Code we do not intercept can then use the number without harm, and the
+//! program sees the same numbers it saw when recorded (the trace writer keeps its own
+//! descriptor above 1000, out of the way).
+//!
+//! Descriptors the program did not open through a recorded call are not tracked: the
+//! terminal on 1 and 2 (its output really appears at replay), descriptors of the import
+//! system, of our own code and of a debugger. Standard input (0) is tracked from the
+//! start: what the program read is input, and the replay feeds it back.
+//! `dup2` carries tracking along, so redirecting stdout into a recorded file (as pytest's
+//! capture does) records what goes there, and restoring it makes output live again.
+
+use crate::session::{py, STATE};
+use std::os::raw::c_int;
+
+/// What a tracked descriptor is, which decides its stand-in at replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    File,
+    Socket { family: c_int, kind: c_int, proto: c_int },
+    /// One end of a pipe (to or from a child process).
+    Pipe { write: bool },
+}
+
+pub fn is_tracked(fd: c_int) -> bool {
+    // SAFETY: only called from hooks, with the GIL held.
+    let py = unsafe { py() };
+    STATE.with(py, |s| s.fds.contains_key(&fd)).unwrap_or(false)
+}
+
+pub fn kind_of(fd: c_int) -> Option<FdKind> {
+    // SAFETY: only called from hooks, with the GIL held.
+    let py = unsafe { py() };
+    STATE.with(py, |s| s.fds.get(&fd).copied()).flatten()
+}
+
+pub fn track(fd: c_int, kind: FdKind) {
+    // SAFETY: only called from hooks, with the GIL held.
+    let py = unsafe { py() };
+    STATE.with(py, |s| s.fds.insert(fd, kind));
+}
+
+pub fn untrack(fd: c_int) {
+    // SAFETY: only called from hooks, with the GIL held.
+    let py = unsafe { py() };
+    STATE.with(py, |s| s.fds.remove(&fd));
+}
+
+/// At replay: creates a stand-in of `kind` at descriptor number `fd` and tracks it.
+/// Fails when `fd` is already open with something that is not ours to replace.
+pub fn materialize(fd: c_int, kind: FdKind) -> Result<(), String> {
+    if fd < 0 {
+        return Err(format!("the recording holds an invalid descriptor {fd}"));
+    }
+    // SAFETY: plain descriptor system calls on descriptors we create; a descriptor that is
+    // open already is only replaced when it is one of our own stand-ins (tracked).
+    unsafe {
+        if libc::fcntl(fd, libc::F_GETFD) != -1 && !is_tracked(fd) {
+            return Err(format!(
+                "descriptor {fd}, which the recorded program opened, is already in use at replay"
+            ));
+        }
+        let standin = match kind {
+            FdKind::File => libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC),
+            FdKind::Socket { family, kind, proto } => {
+                let s = libc::socket(family, kind | libc::SOCK_CLOEXEC, proto);
+                if s >= 0 {
+                    s
+                } else {
+                    libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                }
+            }
+            FdKind::Pipe { write } => {
+                let mut ends = [0 as c_int; 2];
+                if libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+                    -1
+                } else {
+                    let (keep, drop) = if write { (ends[1], ends[0]) } else { (ends[0], ends[1]) };
+                    libc::close(drop);
+                    keep
+                }
+            }
+        };
+        if standin < 0 {
+            return Err(format!("cannot create a stand-in descriptor: {}", std::io::Error::last_os_error()));
+        }
+        if standin != fd {
+            if libc::dup3(standin, fd, libc::O_CLOEXEC) < 0 {
+                let err = std::io::Error::last_os_error();
+                libc::close(standin);
+                return Err(format!("cannot place a stand-in at descriptor {fd}: {err}"));
+            }
+            libc::close(standin);
+        }
+    }
+    track(fd, kind);
+    Ok(())
+}
+
+/// The descriptor stored in a FileIO or socket object: both C structs keep it, as a C
+/// `int`, right after the object header, on every CPython version we build for.
+///
+/// # Safety
+/// `obj` must be an instance (or subclass instance) of `_io.FileIO` or `_socket.socket`.
+pub unsafe fn fd_field(obj: *mut pyo3::ffi::PyObject) -> c_int {
+    // SAFETY: per the contract, the int follows the PyObject header.
+    unsafe { *(obj.cast::<u8>().add(std::mem::size_of::<pyo3::ffi::PyObject>()) as *const c_int) }
+}
