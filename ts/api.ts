@@ -20,7 +20,7 @@ import { type RecordingMetadata, readMetadata } from "./meta.js";
 import { type EventBatch, type TraceEvent, type TraceHeader, TraceFile, batchEvents } from "./trace.js";
 
 export type { ExitStatus, PythonInfo, RecordingMetadata } from "./meta.js";
-export type { PyDict, PyHandle, PyRedacted, PyTuple, PyValue } from "./values.js";
+export type { PyDict, PyHandle, PyObject, PyRedacted, PyTuple, PyValue } from "./values.js";
 export { decodeWtf8, formatValue } from "./values.js";
 export type {
   CallEvent,

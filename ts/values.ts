@@ -33,6 +33,14 @@ export interface PyRedacted {
   readonly length: number;
 }
 
+/** An instance of a named type, rebuilt at replay as `type(*state)` (e.g. `os.stat_result`). */
+export interface PyObject {
+  readonly type: "object";
+  /** `module:qualname` */
+  readonly typeName: string;
+  readonly state: PyValue;
+}
+
 export type PyValue =
   | null
   | boolean
@@ -44,7 +52,8 @@ export type PyValue =
   | PyTuple
   | PyDict
   | PyHandle
-  | PyRedacted;
+  | PyRedacted
+  | PyObject;
 
 /** The JSON shape the native reader writes (see `write_value` in crates/node). */
 type Wire = null | boolean | number | string | [string, unknown];
@@ -134,6 +143,10 @@ export function decodeValue(wire: unknown): PyValue {
       return { type: "handle", id: body as number };
     case "r":
       return { type: "redacted", length: body as number };
+    case "o": {
+      const [typeName, state] = body as [string, unknown];
+      return { type: "object", typeName, state: decodeValue(state) };
+    }
     default:
       throw new TypeError(`unknown value tag in trace data: ${String(tag)}`);
   }
@@ -166,5 +179,7 @@ function render(value: PyValue): string {
       return `<handle ${value.id}>`;
     case "redacted":
       return `<redacted, ${value.length} bytes>`;
+    case "object":
+      return `${value.typeName.replace(":", ".")}${render(value.state)}`;
   }
 }

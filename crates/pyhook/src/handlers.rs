@@ -38,6 +38,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::File(op) => crate::fileio::method(hook, op, call),
             Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
+            Handler::Scandir => crate::dirs::scandir(hook, call),
             Handler::FileOpen | Handler::SockInit => call.call_original(original),
         }
     }

@@ -53,6 +53,8 @@ pub enum Handler {
     SockInit,
     /// A method of a tracked socket.
     Sock(SockOp),
+    /// `os.scandir` (see `dirs.rs`).
+    Scandir,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -263,6 +265,7 @@ hook_table! {
     os_symlink => "os.symlink", "posix", ["symlink"], Method, Handler::Fd(FdOp::PathOrFd);
     os_link => "os.link", "posix", ["link"], Method, Handler::Fd(FdOp::PathOrFd);
     os_truncate => "os.truncate", "posix", ["truncate"], Method, Handler::Fd(FdOp::PathOrFd);
+    os_scandir => "os.scandir", "posix", ["scandir"], Method, Handler::Scandir;
     os_fork => "os.fork", "posix", ["fork"], Method, Handler::Generic;
     os_waitpid => "os.waitpid", "posix", ["waitpid"], Method, Handler::Generic;
     os_wait => "os.wait", "posix", ["wait"], Method, Handler::Generic;

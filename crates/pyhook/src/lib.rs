@@ -7,6 +7,7 @@
 
 mod calls;
 mod codec;
+mod dirs;
 mod dispatch;
 mod environ;
 mod exceptions;
@@ -273,6 +274,8 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_class::<environ::EnvData>()?;
     m.add_class::<ImportWatcher>()?;
+    m.add_class::<dirs::DirEntry>()?;
+    m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;
     m.add("EXIT_DIVERGED", dispatch::EXIT_DIVERGED)?;

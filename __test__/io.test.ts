@@ -1,0 +1,276 @@
+/**
+ * Files, sockets, name resolution, readiness and child processes: each program is recorded
+ * against real peers on loopback that are not recorded, then replayed with the network
+ * gone (`unshare -n`), the peers stopped and the data deleted.
+ */
+import test from "ava";
+import type { ExecutionContext } from "ava";
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { CLI, PYTHON, makeTempDir, recordAndReplay, runCli, runProcess, writeProgram, type CliResult } from "./helpers.js";
+
+/** A free TCP port on loopback. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/** Starts a Python peer (not recorded) and waits until it prints "ready". */
+async function startPeer(dir: string, source: string, args: string[]): Promise<ChildProcess> {
+  const path = await writeProgram(dir, `peer-${Math.random().toString(36).slice(2)}.py`, source);
+  const child = spawn(PYTHON, [path, ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolve, reject) => {
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => chunk.includes("ready") && resolve());
+    child.on("exit", (code) => reject(new Error(`peer exited early (${code})`)));
+  });
+  return child;
+}
+
+const HTTP_PEER = `
+import http.server, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("hello from %s" % self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))[::-1]
+        self.send_response(201)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("ready", flush=True)
+server.serve_forever()
+`;
+
+/** Replays with no network at all: loopback is down too. */
+function replayOffline(recording: string, cwd: string): Promise<CliResult> {
+  return runProcess("unshare", ["-n", process.execPath, CLI, "replay", recording], { cwd });
+}
+
+function assertSame(t: ExecutionContext, record: CliResult, replay: CliResult): void {
+  t.is(replay.stdout, record.stdout);
+  t.is(replay.code, record.code, replay.stderr);
+  t.is(replay.stderr, record.stderr.replace(/^retrace: recording to .*\n/, ""));
+}
+
+test("urllib and raw sockets against an HTTP server on loopback replay offline, server gone", async (t) => {
+  const dir = await makeTempDir("http");
+  const port = await freePort();
+  const peer = await startPeer(dir, HTTP_PEER, [String(port)]);
+  let r;
+  try {
+    r = await recordAndReplay(
+      `
+      import json, os, select, socket, urllib.request
+      port = int(os.environ["RT_PORT"])
+      with urllib.request.urlopen(f"http://127.0.0.1:{port}/a?x=1") as response:
+          print(response.status, response.read().decode())
+      request = urllib.request.Request(f"http://localhost:{port}/echo", data=b"abcdef", method="POST")
+      with urllib.request.urlopen(request) as response:
+          print(response.status, response.read())
+      print(socket.getaddrinfo("localhost", port, type=socket.SOCK_STREAM)[0][4][1] == port)
+      s = socket.create_connection(("127.0.0.1", port))
+      s.sendall(b"GET /raw HTTP/1.0\\r\\n\\r\\n")
+      print(select.select([s], [], [], 5)[0] == [s])
+      data = b""
+      while chunk := s.recv(7):
+          data += chunk
+      print(data.split(b"\\r\\n")[0], data.endswith(b"hello from /raw"))
+      s.close()
+      try:
+          socket.create_connection(("127.0.0.1", 1), timeout=2)
+      except OSError as e:
+          print("refused:", type(e).__name__, e.errno)
+    `,
+      { env: { RT_PORT: String(port) }, replayEnv: { RT_PORT: "1" } },
+    );
+  } finally {
+    peer.kill();
+  }
+  t.is(r.record.code, 0, r.record.stderr);
+  t.regex(r.record.stdout, /^200 hello from \/a\?x=1\n201 b'fedcba'\nTrue\nTrue\nb'HTTP\/1\.[01] 200 OK' True\nrefused: ConnectionRefusedError 111\n$/);
+  const offline = await replayOffline(r.recording, r.dir);
+  assertSame(t, r.record, offline);
+});
+
+test("a TCP server in the recorded program, its client not recorded, replays offline", async (t) => {
+  const dir = await makeTempDir("server");
+  const port = await freePort();
+  const program = await writeProgram(
+    dir,
+    "server.py",
+    `
+    import socket, sys
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", int(sys.argv[1])))
+    listener.listen()
+    print("ready", flush=True)
+    for _ in range(2):
+        conn, addr = listener.accept()
+        with conn, conn.makefile("rwb") as stream:
+            line = stream.readline()
+            print("got", line, addr[0], flush=True)
+            stream.write(line.upper())
+            stream.flush()
+    listener.close()
+    `,
+  );
+  const recording = join(dir, "recording");
+  const record = await runCli(["record", "-o", recording, "--", PYTHON, program, String(port)], {
+    cwd: dir,
+    onStdout: (chunk) => {
+      if (!chunk.includes("ready")) return;
+      // Two clients that are not recorded.
+      void (async () => {
+        for (const word of ["alpha", "beta"]) {
+          await runProcess(PYTHON, ["-c", `import socket; s = socket.create_connection(("127.0.0.1", ${port})); s.sendall(b"${word}\\n"); print(s.recv(100))`]);
+        }
+      })();
+    },
+  });
+  t.is(record.code, 0, record.stderr);
+  t.regex(record.stdout, /got b'alpha\\n' 127\.0\.0\.1\n.*got b'beta\\n' 127\.0\.0\.1\n/s);
+  const offline = await replayOffline(recording, dir);
+  assertSame(t, record, offline);
+});
+
+test("UDP and Unix sockets replay", async (t) => {
+  const r = await recordAndReplay(`
+    import os, socket, tempfile
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.sendto(b"ping", a.getsockname())
+    data, peer = a.recvfrom(100)
+    print(data, peer[1] == b.getsockname()[1])
+    buf = bytearray(10)
+    b.sendto(b"into", a.getsockname())
+    n, _ = a.recvfrom_into(buf)
+    print(n, bytes(buf[:n]))
+    path = os.path.join(tempfile.mkdtemp(), "sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    conn, _ = server.accept()
+    client.sendall(b"over unix")
+    print(conn.recv(100))
+    for s in (a, b, server, client, conn):
+        s.close()
+  `);
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "b'ping' True\n4 b'into'\nb'over unix'\n");
+  const offline = await replayOffline(r.recording, r.dir);
+  assertSame(t, r.record, offline);
+});
+
+test("selectors and poll replay", async (t) => {
+  const r = await recordAndReplay(`
+    import select, selectors, socket
+    a, b = socket.socket(socket.AF_INET, socket.SOCK_STREAM), None
+    a.bind(("127.0.0.1", 0)); a.listen()
+    c = socket.create_connection(a.getsockname())
+    b, _ = a.accept()
+    sel = selectors.DefaultSelector()
+    sel.register(b, selectors.EVENT_READ, data="b")
+    print(sel.select(timeout=0.05))
+    c.sendall(b"x")
+    print([(key.data, events) for key, events in sel.select(timeout=5)])
+    p = select.poll(); p.register(b.fileno(), select.POLLIN)
+    print(p.poll(1000) == [(b.fileno(), select.POLLIN)], b.recv(1))
+  `);
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "[]\n[('b', 1)]\nTrue b'x'\n");
+  assertSame(t, r.record, await replayOffline(r.recording, r.dir));
+});
+
+test("child processes are not started at replay; their output and status replay", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import subprocess, sys
+    out = subprocess.run([sys.executable, "-c", "import sys; open('child-ran', 'a').write('x'); print('child out'); sys.exit(3)"], capture_output=True, text=True)
+    print(repr(out.stdout), out.returncode)
+    print(subprocess.check_output(["echo", "hello"]).decode().strip())
+    p = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    print(p.communicate(b"through cat")[0], p.wait())
+  `,
+    { beforeReplay: async ({ dir }) => rm(join(dir, "child-ran")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "'child out\\n' 3\nhello\nb'through cat' 0\n");
+  assertSame(t, r.record, r.replay);
+  t.false(existsSync(join(r.dir, "child-ran")), "the child ran again at replay");
+});
+
+test("os-level files: reads replay with the data gone, changes are not made again", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import os
+    fd = os.open("data.bin", os.O_RDONLY)
+    print(fd > 2, os.read(fd, 4), os.lseek(fd, 0, os.SEEK_END), os.fstat(fd).st_size)
+    os.close(fd)
+    print(sorted(os.listdir("tree")), os.path.exists("tree/a.txt"), os.path.isdir("tree"), os.stat("data.bin").st_size)
+    print(sorted(os.path.relpath(os.path.join(d, f), "tree") for d, _, fs in os.walk("tree") for f in fs))
+    os.mkdir("made"); os.rename("tree/a.txt", "tree/b.txt"); os.unlink("data.bin")
+    fd = os.open("new.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    print(os.write(fd, b"new data")); os.close(fd)
+  `,
+    {
+      files: { "data.bin": "0123456789", "tree/a.txt": "a", "tree/sub/c.txt": "c" },
+      beforeReplay: async ({ dir }) => {
+        for (const p of ["made", "tree", "new.txt"]) await rm(join(dir, p), { recursive: true, force: true });
+      },
+    },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "True b'0123' 10 10\n['a.txt', 'sub'] True True 10\n['a.txt', 'sub/c.txt']\n8\n");
+  assertSame(t, r.record, r.replay);
+  for (const p of ["made", "tree", "new.txt"]) t.false(existsSync(join(r.dir, p)), `${p} was created again at replay`);
+});
+
+test("output redirected with dup2 into a file (as pytest captures) replays, and stdout comes back", async (t) => {
+  const r = await recordAndReplay(`
+    import os, sys, tempfile
+    print("before", flush=True)
+    saved = os.dup(1)
+    capture = tempfile.TemporaryFile()
+    os.dup2(capture.fileno(), 1)
+    print("captured line", flush=True)
+    os.write(1, b"raw captured\\n")
+    os.dup2(saved, 1)
+    os.close(saved)
+    capture.seek(0)
+    print("after; the capture held", capture.read())
+  `);
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "before\nafter; the capture held b'captured line\\nraw captured\\n'\n");
+  assertSame(t, r.record, r.replay);
+});
+
+test("standard input is recorded and replayed", async (t) => {
+  const dir = await makeTempDir("stdin");
+  const program = await writeProgram(dir, "main.py", "import sys\nprint(input().upper(), sys.stdin.read().split())\n");
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", PYTHON, program], { cwd: dir, input: "first line\nmore words here\n" });
+  t.is(record.code, 0, record.stderr);
+  t.is(record.stdout, "FIRST LINE ['more', 'words', 'here']\n");
+  const replay = await runCli(["replay", recording], { cwd: dir, input: "something else\n" });
+  assertSame(t, record, replay);
+});
