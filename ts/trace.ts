@@ -112,6 +112,8 @@ export interface ThreadExitEvent extends EventBase {
 export interface SignalEvent extends EventBase {
   kind: "signal";
   signum: number;
+  /** The handler ran inside the boundary call that follows (it interrupted it). */
+  duringCall: boolean;
 }
 
 /** C called back into Python during a boundary call. */
@@ -350,7 +352,7 @@ function decodeEvent(
     case OP.thread_exit:
       return { ...base, kind: "thread_exit", exited: p[0] as number };
     case OP.signal:
-      return { ...base, kind: "signal", signum: p[0] as number };
+      return { ...base, kind: "signal", signum: p[0] as number, duringCall: p[1] === true };
     case OP.callback_enter:
       return { ...base, kind: "callback_enter", handle: p[0] as number, args: decodeValue(p[1]) };
     case OP.callback_return:

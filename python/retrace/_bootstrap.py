@@ -60,6 +60,7 @@ def boot(config, boot_dir):
     finally:
         _pyhook.gate_exit()
     _reseed_preloaded_random()
+    _watch_signals()
     for warning in warnings:
         sys.stderr.write("retrace: warning: %s\n" % warning)
     _chain()
@@ -77,6 +78,18 @@ def _hide(settings, boot_dir):
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != boot_dir]
     for name in [m for m in sys.modules if m == "retrace" or m.startswith("retrace.")]:
         del sys.modules[name]
+
+
+def _watch_signals():
+    """Re-installs the handlers in place (through our `_signal.signal` hook, which wraps
+    them) so that signals arriving from now on are recorded where they arrive."""
+    import _signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):
+        signum = getattr(_signal, name, None)
+        handler = None if signum is None else _signal.getsignal(signum)
+        if handler is not None:
+            _signal.signal(signum, handler)
 
 
 def _reseed_preloaded_random():

@@ -107,7 +107,7 @@ fn main() {
     enc.thread(1);
     enc.call(1, None);
     enc.float_delta(1, 1_700_000_000.5);
-    enc.signal(2);
+    enc.signal(2, true);
     enc.callback_enter(9);
     enc.value(&Value::Tuple(vec![Value::Str("arg".to_owned())]));
     enc.callback_return();

@@ -435,8 +435,8 @@ fn write_payload(out: &mut String, event: &Event) {
             let _ = write!(out, "{thread},{parent},");
             write_str(out, name);
         }
-        Event::Signal { signum } => {
-            let _ = write!(out, "{signum}");
+        Event::Signal { signum, during_call } => {
+            let _ = write!(out, "{signum},{during_call}");
         }
         Event::CallbackEnter { handle, args } => {
             let _ = write!(out, "{handle},");

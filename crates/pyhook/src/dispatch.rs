@@ -4,8 +4,8 @@ use crate::codec::{decode_value, encode_object, is_encodable, type_name_bytes};
 use crate::exceptions::{raise_recorded, record_raise};
 use crate::hooks::Hook;
 use crate::session::{
-    mode, py, Divergence, Recorder, Replayed, Session, MODE, MODE_OFF, MODE_RECORD, MODE_REPLAY,
-    STATE,
+    mode, py, Divergence, Recorder, Replayed, Session, Taken, MODE, MODE_OFF, MODE_RECORD,
+    MODE_REPLAY, STATE,
 };
 use pyo3::ffi;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,7 @@ pub unsafe fn boundary(
         match mode() {
             MODE_RECORD if is_active() => {
                 let d = digest();
-                let result = invoke();
+                let result = crate::signals::in_call(invoke);
                 record_outcome(hook, d, result);
                 result
             }
@@ -132,27 +132,40 @@ pub fn stop_recording(reason: &str) {
 pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed {
     // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
-    let taken = STATE.with(py, |s| {
-        let thread = s.threads.current();
-        match &mut s.session {
-            Session::Replaying(rep) => Some(rep.take(hook, digest, thread)),
-            _ => None,
-        }
-    });
-    match taken.flatten() {
-        Some(Ok(replayed)) => replayed,
-        Some(Err(divergence)) => diverge(divergence, true),
-        None => diverge(
-            Divergence {
-                index: None,
-                thread: 0,
-                expected: "a replay session".into(),
-                actual: format!("call {}", hook.name),
-                hint: "internal: the replay state was busy; please report this",
-                bad_recording: false,
-            },
-            true,
-        ),
+    let mut handler_raised = false;
+    loop {
+        let taken = STATE.with(py, |s| {
+            let thread = s.threads.current();
+            match &mut s.session {
+                Session::Replaying(rep) => Some(rep.take(hook, digest, thread)),
+                _ => None,
+            }
+        });
+        let replayed = match taken.flatten() {
+            Some(Ok(Taken::SignalDuringCall(signum))) => {
+                // The signal interrupted this call when recorded: its handler runs now, inside
+                // the call, outside our state (it is the program's code).
+                // SAFETY: the GIL is held; CPython runs the pending handler here.
+                handler_raised |= unsafe { ffi::PyErr_SetInterruptEx(signum) == 0 && ffi::PyErr_CheckSignals() < 0 };
+                continue;
+            }
+            Some(Ok(Taken::Outcome(replayed))) => replayed,
+            Some(Err(divergence)) => diverge(divergence, true),
+            None => diverge(
+                Divergence {
+                    index: None,
+                    thread: 0,
+                    expected: "a replay session".into(),
+                    actual: format!("call {}", hook.name),
+                    hint: "internal: the replay state was busy; please report this",
+                    bad_recording: false,
+                },
+                true,
+            ),
+        };
+        // A handler that raised inside the call ended it, as when recorded: the exception it
+        // raised is the call's outcome.
+        return if handler_raised { Replayed::Raise(None) } else { replayed };
     }
 }
 

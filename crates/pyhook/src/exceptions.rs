@@ -69,7 +69,9 @@ pub unsafe fn record_raise(enc: &mut ChunkEncoder, fn_id: u32, digest: Option<u3
 ///
 /// # Safety
 /// The GIL must be held.
-pub unsafe fn raise_recorded(error: &RecordedError) {
+pub unsafe fn raise_recorded(error: &Option<RecordedError>) {
+    // None: the exception is already set (a signal handler raised it, as when recorded).
+    let Some(error) = error else { return };
     // SAFETY: lookups in sys.modules and calls of exception constructors.
     unsafe {
         let ty = resolve_exception_type(&error.type_name);

@@ -324,7 +324,7 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObjec
         let digest = hook.digest(|| call.digest());
         match mode() {
             MODE_RECORD if is_active() => {
-                let result = call.call_original(original);
+                let result = crate::signals::in_call(|| call.call_original(original));
                 let count = if result.is_null() {
                     None
                 } else if ffi::PyLong_Check(result) != 0 {

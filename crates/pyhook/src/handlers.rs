@@ -39,6 +39,8 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
             Handler::Scandir => crate::dirs::scandir(hook, call),
+            Handler::SignalSet => crate::signals::set(hook, call),
+            Handler::SignalGet => crate::signals::get(hook, call),
             Handler::FileOpen | Handler::SockInit => call.call_original(original),
         }
     }

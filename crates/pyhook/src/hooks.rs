@@ -55,6 +55,10 @@ pub enum Handler {
     Sock(SockOp),
     /// `os.scandir` (see `dirs.rs`).
     Scandir,
+    /// `_signal.signal`: installs our recording wrapper (see `signals.rs`).
+    SignalSet,
+    /// `_signal.getsignal`: shows the program's handler, not our wrapper.
+    SignalGet,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -320,6 +324,8 @@ hook_table! {
     socket_gethostname => "socket.gethostname", "_socket", ["gethostname"], Method, Handler::Generic;
     socket_getservbyname => "socket.getservbyname", "_socket", ["getservbyname"], Method, Handler::Generic;
     socket_getservbyport => "socket.getservbyport", "_socket", ["getservbyport"], Method, Handler::Generic;
+    signal_signal => "signal.signal", "_signal", ["signal"], Method, Handler::SignalSet;
+    signal_getsignal => "signal.getsignal", "_signal", ["getsignal"], Method, Handler::SignalGet;
 }
 
 impl Hook {

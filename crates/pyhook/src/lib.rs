@@ -19,6 +19,7 @@ mod gil;
 mod handlers;
 mod hooks;
 mod session;
+mod signals;
 
 use dispatch::{diverge, stop_recording, OWN_SOURCE_PREFIX};
 use hooks::{Target, HOOKS};
@@ -275,6 +276,8 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<environ::EnvData>()?;
     m.add_class::<ImportWatcher>()?;
     m.add_class::<dirs::DirEntry>()?;
+    m.add_class::<signals::SignalHandler>()?;
+    m.add_class::<signals::DefaultAction>()?;
     m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;

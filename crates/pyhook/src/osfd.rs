@@ -123,7 +123,7 @@ unsafe fn new_descriptors(
     // SAFETY: see the function's contract.
     unsafe {
         if mode() == MODE_RECORD {
-            let result = live();
+            let result = crate::signals::in_call(live);
             if !result.is_null() {
                 for (i, fd) in descriptors_in(result).into_iter().enumerate() {
                     track(fd, kind(i));
@@ -206,7 +206,7 @@ unsafe fn select(hook: &'static Hook, call: RawCall, digest: Option<u32>, live: 
             return live();
         }
         if mode() == MODE_RECORD {
-            let result = live();
+            let result = crate::signals::in_call(live);
             if result.is_null() || ffi::PyTuple_Check(result) == 0 || ffi::PyTuple_GET_SIZE(result) != 3 {
                 record_outcome(hook, digest, result);
                 return result;

@@ -145,14 +145,24 @@ impl Recorder {
 /// What the replay found for a call.
 pub enum Replayed {
     Value(Value),
-    Raise(RecordedError),
+    /// The recorded exception; None when it is already set (a signal handler that ran
+    /// inside the call raised it, as it did when recorded).
+    Raise(Option<RecordedError>),
+}
+
+/// What [`Replayer::take`] found: the call's outcome, or first a signal whose handler ran
+/// inside this call when recorded (the caller runs it, then takes again).
+pub enum Taken {
+    Outcome(Replayed),
+    SignalDuringCall(i32),
 }
 
 pub struct Replayer {
     events: Events<'static>,
     names: HashMap<u32, String>,
     expected_thread: u32,
-    pending: Option<EventRecord>,
+    /// The next significant event, read ahead after each call (see `take`).
+    pending: Option<Result<Option<EventRecord>, Divergence>>,
     pub last_index: Option<u64>,
 }
 
@@ -186,8 +196,8 @@ impl Replayer {
     /// The next event that a call (or the end of the program) must match, after
     /// consuming definitions, thread markers and signal markers.
     fn next_significant(&mut self, thread: u32) -> Result<Option<EventRecord>, Divergence> {
-        if let Some(ev) = self.pending.take() {
-            return Ok(Some(ev));
+        if let Some(ahead) = self.pending.take() {
+            return ahead;
         }
         loop {
             let ev = match self.events.next() {
@@ -210,7 +220,7 @@ impl Replayer {
                     self.names.insert(def.id, def.name.clone());
                 }
                 Event::Thread { thread: t } => self.expected_thread = *t,
-                Event::Signal { signum } => {
+                Event::Signal { signum, during_call: false } => {
                     // SAFETY: the GIL is held; this only trips CPython's pending-signal flag
                     // so the program's handler runs at the next bytecode boundary, as it did.
                     unsafe { ffi::PyErr_SetInterruptEx(*signum) };
@@ -221,7 +231,17 @@ impl Replayer {
     }
 
     /// Takes the recorded outcome of a call to `hook` with `digest` made by `thread`.
-    pub fn take(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Replayed, Divergence> {
+    pub fn take(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Taken, Divergence> {
+        let taken = self.take_now(hook, digest, thread)?;
+        if matches!(taken, Taken::Outcome(_)) {
+            // Read ahead: a signal handler that ran between this call and the next must run
+            // as soon as this call returns, not when the next call comes.
+            self.pending = Some(self.next_significant(thread));
+        }
+        Ok(taken)
+    }
+
+    fn take_now(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Taken, Divergence> {
         let actual = || describe_call(hook.name, digest);
         let Some(ev) = self.next_significant(thread)? else {
             return Err(Divergence {
@@ -245,11 +265,12 @@ impl Replayer {
             });
         }
         match ev.event {
+            Event::Signal { signum, during_call: true } => Ok(Taken::SignalDuringCall(signum)),
             Event::Call { fn_id, digest: d, result } if fn_id == hook.id && d == digest => {
-                Ok(Replayed::Value(result))
+                Ok(Taken::Outcome(Replayed::Value(result)))
             }
             Event::Raise { fn_id, digest: d, error } if fn_id == hook.id && d == digest => {
-                Ok(Replayed::Raise(error))
+                Ok(Taken::Outcome(Replayed::Raise(Some(error))))
             }
             other => {
                 let expected = self.describe(&other);

@@ -158,7 +158,7 @@ unsafe fn accept(hook: &'static Hook, call: RawCall, digest: Option<u32>) -> *mu
         let kind = socket_kind(call.slf());
         match mode() {
             MODE_RECORD if is_active() => {
-                let result = call.call_original(hook.original());
+                let result = crate::signals::in_call(|| call.call_original(hook.original()));
                 if !result.is_null() && ffi::PyTuple_Check(result) != 0 && ffi::PyTuple_GET_SIZE(result) == 2 {
                     let fd = ffi::PyLong_AsLong(ffi::PyTuple_GET_ITEM(result, 0));
                     if fd >= 0 {

@@ -202,9 +202,12 @@ impl ChunkEncoder {
         write_varint(&mut self.buf, u64::from(thread));
     }
 
-    pub fn signal(&mut self, signum: i32) {
+    /// A Python-level handler for `signum` ran; `during_call` when it ran inside a boundary
+    /// call (a blocking read or sleep that the signal interrupted) rather than between two.
+    pub fn signal(&mut self, signum: i32, during_call: bool) {
         self.begin_event(OP_SIGNAL);
         write_zigzag(&mut self.buf, i64::from(signum));
+        self.buf.push(u8::from(during_call));
     }
 
     /// CALLBACK_ENTER. The caller then writes one value: the callback's args.

@@ -142,9 +142,11 @@ pub enum Event {
     ThreadExit {
         thread: u32,
     },
-    /// A Python-level signal handler ran here.
+    /// A Python-level signal handler ran here: inside the boundary call whose event
+    /// follows (`during_call`), or between two boundary calls.
     Signal {
         signum: i32,
+        during_call: bool,
     },
     /// C called back into Python during a boundary call.
     CallbackEnter {

@@ -601,10 +601,14 @@ fn decode_event_body(cursor: &mut Cursor<'_>, reader: &mut TraceReader) -> Resul
         },
         OP_SIGNAL => {
             let signum = cursor.zigzag()?;
-            Event::Signal {
-                signum: i32::try_from(signum)
-                    .map_err(|_| format!("signal number {signum} out of range"))?,
-            }
+            let signum = i32::try_from(signum)
+                .map_err(|_| format!("signal number {signum} out of range"))?;
+            let during_call = match cursor.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("bad signal flags {other:#04x}")),
+            };
+            Event::Signal { signum, during_call }
         }
         OP_CALLBACK_ENTER => Event::CallbackEnter {
             handle: cursor.u32_varint()?,

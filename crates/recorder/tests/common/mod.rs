@@ -85,7 +85,7 @@ pub enum Step {
         name: String,
     },
     ThreadExit(u32),
-    Signal(i32),
+    Signal(i32, bool),
     CallbackEnter {
         handle: u32,
         args: Value,
@@ -273,9 +273,9 @@ impl Model {
                 encoder.thread_exit(*thread);
                 self.push(Event::ThreadExit { thread: *thread });
             }
-            Step::Signal(signum) => {
-                encoder.signal(*signum);
-                self.push(Event::Signal { signum: *signum });
+            Step::Signal(signum, during_call) => {
+                encoder.signal(*signum, *during_call);
+                self.push(Event::Signal { signum: *signum, during_call: *during_call });
             }
             Step::CallbackEnter { handle, args } => {
                 encoder.callback_enter(*handle);
@@ -388,7 +388,7 @@ pub fn step() -> impl Strategy<Value = Step> {
         1 => (any::<u32>(), any::<u32>(), text())
             .prop_map(|(thread, parent, name)| Step::ThreadStart { thread, parent, name }),
         1 => any::<u32>().prop_map(Step::ThreadExit),
-        1 => any::<i32>().prop_map(Step::Signal),
+        1 => (any::<i32>(), any::<bool>()).prop_map(|(s, d)| Step::Signal(s, d)),
         1 => (any::<u32>(), value()).prop_map(|(handle, args)| Step::CallbackEnter { handle, args }),
         1 => value().prop_map(Step::CallbackReturn),
         1 => (process_kind(), text()).prop_map(|(kind, child)| Step::Process { kind, child }),
