@@ -5,6 +5,7 @@
 import { spawn } from "node:child_process";
 import { constants } from "node:os";
 import { EXIT_COULD_NOT_START, RetraceError, describe } from "./errors.js";
+import { loadNative } from "./native.js";
 
 /** What to launch. */
 export interface LaunchOptions {
@@ -25,15 +26,14 @@ export interface LaunchResult {
 }
 
 /**
- * Signals the CLI forwards to the child, once each time it receives one.
+ * Signals the CLI passes on to the child, exactly once each time the child should get one.
  *
- * SIGINT is special: when stdin is a terminal, Ctrl-C makes the terminal send SIGINT to the
- * whole foreground process group, which includes the child, so forwarding it would deliver
- * it twice. We then only keep the CLI alive (a no-op handler) and let the child handle it.
- * Known gap: on a terminal, `kill -INT <cli pid>` sent to the CLI alone does not reach the
- * child. When stdin is not a terminal (pipes, CI, a supervisor), SIGINT is forwarded too.
+ * A terminal sends Ctrl-C, Ctrl-\ and hang-ups to the whole foreground process group, child
+ * included; a `kill` reaches the CLI alone. The native handler (crates/node/src/signals.rs)
+ * tells them apart by `si_code` and forwards only the second kind, so the child gets each
+ * signal once either way.
  */
-export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
+export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
 
 /** Spawns the interpreter with inherited stdio and waits for it, forwarding signals. */
 export function launch(opts: LaunchOptions): Promise<LaunchResult> {
@@ -44,25 +44,11 @@ export function launch(opts: LaunchOptions): Promise<LaunchResult> {
       env: opts.env,
       stdio: "inherit",
     });
-    const handlers = new Map<NodeJS.Signals, () => void>();
-    const forward = (signal: NodeJS.Signals) => () => {
-      if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-        try {
-          child.kill(signal);
-        } catch {
-          // The child is already gone: its exit event follows.
-        }
-      }
-    };
-    for (const signal of FORWARDED_SIGNALS) handlers.set(signal, forward(signal));
-    handlers.set("SIGINT", process.stdin.isTTY ? () => {} : forward("SIGINT"));
-    for (const [signal, handler] of handlers) process.on(signal, handler);
-    const cleanup = () => {
-      for (const [signal, handler] of handlers) process.removeListener(signal, handler);
-    };
+    if (child.pid !== undefined) {
+      loadNative().forwardSignals(child.pid, FORWARDED_SIGNALS.map((signal) => constants.signals[signal]));
+    }
 
     child.once("error", (err) => {
-      cleanup();
       reject(
         new RetraceError(
           `could not start ${opts.executable}: ${describe(err)}`,
@@ -72,7 +58,6 @@ export function launch(opts: LaunchOptions): Promise<LaunchResult> {
       );
     });
     child.once("exit", (code, signal) => {
-      cleanup();
       resolvePromise({ code, signal, durationMs: performance.now() - started });
     });
   });
@@ -89,6 +74,7 @@ export function exitLike(result: Pick<LaunchResult, "code" | "signal">): void {
   if (signal !== null) {
     process.removeAllListeners(signal);
     const signum = constants.signals[signal] ?? 0;
+    if (FORWARDED_SIGNALS.includes(signal)) loadNative().restoreDefaultSignal(signum);
     try {
       process.kill(process.pid, signal);
     } catch {

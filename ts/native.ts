@@ -14,6 +14,8 @@ export type NativeTraceReader = Binding.TraceReader;
 export type NativeEventBatch = Binding.EventBatch;
 export interface NativeBinding {
   TraceReader: typeof Binding.TraceReader;
+  forwardSignals: typeof Binding.forwardSignals;
+  restoreDefaultSignal: typeof Binding.restoreDefaultSignal;
 }
 
 /**

@@ -70,3 +70,12 @@ export interface EventBatch {
   /** `ERR_TRACE_TRUNCATED`, `ERR_TRACE_CORRUPT`, ... when `error` is set. */
   errorCode?: string
 }
+
+/**
+ * Forwards `signals` received from other processes to `pid` (see the module comment).
+ * Replaces Node's own handling of those signals until `restoreDefaultSignal`.
+ */
+export declare function forwardSignals(pid: number, signals: Array<number>): void
+
+/** Puts back the default action of `signum` (before the CLI dies from it, as its child did). */
+export declare function restoreDefaultSignal(signum: number): void

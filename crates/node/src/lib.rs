@@ -7,6 +7,8 @@
 
 #![deny(clippy::all)]
 
+mod signals;
+
 use std::fmt::Write as _;
 use std::path::Path;
 use std::ptr::NonNull;
