@@ -30,6 +30,7 @@ pub type MethodFastKwFn = unsafe extern "C" fn(
     ffi::Py_ssize_t,
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
+pub type IterNextFn = unsafe extern "C" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
 pub type InitFn = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> c_int;
 
 /// The calling conventions we can proxy (the `ml_flags` bits that decide a C signature),
@@ -44,6 +45,7 @@ pub enum Convention {
     FastKw,
     MethodFastKw,
     InitSlot,
+    IterNextSlot,
 }
 
 impl Convention {

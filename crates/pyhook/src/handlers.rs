@@ -40,6 +40,8 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
             Handler::Scandir => crate::dirs::scandir(hook, call),
             Handler::SignalSet => crate::signals::set(hook, call),
+            Handler::Sqlite(op) => crate::sqlite::method(hook, op, call),
+            Handler::SqliteConnect | Handler::SqliteNext => call.call_original(original),
             Handler::SignalGet => crate::signals::get(hook, call),
             Handler::FileOpen | Handler::SockInit => call.call_original(original),
         }
@@ -78,7 +80,25 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
             }
             Handler::FileOpen => crate::fileio::open(hook, call),
             Handler::SockInit => crate::sockets::init(hook, call),
+            Handler::SqliteConnect => crate::sqlite::connect(hook, call),
             _ => call.call_original(original),
+        }
+    }
+}
+
+/// Entry point of `tp_iternext` proxies.
+///
+/// # Safety
+/// Called by CPython's iteration protocol with the GIL held.
+pub unsafe fn dispatch_iternext(hook: &'static Hook, slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: `original` is the tp_iternext the proxy replaced.
+    unsafe {
+        match hook.handler {
+            Handler::SqliteNext => crate::sqlite::next(hook, slf),
+            _ => {
+                let f: crate::calls::IterNextFn = std::mem::transmute(hook.original());
+                f(slf)
+            }
         }
     }
 }

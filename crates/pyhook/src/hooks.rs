@@ -6,12 +6,13 @@
 //! gives the call its record and replay behaviour. A row's position is its function id in
 //! the trace, so rows are only ever appended.
 
-use crate::calls::{Convention, FastFn, FastKwFn, InitFn, MethodFastKwFn, NoArgsFn, VarArgsKwFn};
+use crate::calls::{Convention, FastFn, FastKwFn, InitFn, IterNextFn, MethodFastKwFn, NoArgsFn, VarArgsKwFn};
 use pyo3::ffi;
 use retrace_recorder::wire::FN_HAS_DIGEST;
 use crate::fileio::FileOp;
 use crate::osfd::FdOp;
 use crate::sockets::SockOp;
+use crate::sqlite::SqliteOp;
 use std::ffi::CString;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
@@ -23,6 +24,8 @@ pub enum Target {
     Method,
     /// Swap `tp_init` of the type at the path.
     Init,
+    /// Swap `tp_iternext` of the type at the path.
+    IterNext,
     /// Not patched in C: our Python package calls the boundary through `call_boundary`.
     Python,
 }
@@ -59,6 +62,12 @@ pub enum Handler {
     SignalSet,
     /// `_signal.getsignal`: shows the program's handler, not our wrapper.
     SignalGet,
+    /// `sqlite3.Connection.__init__` (see `sqlite.rs`).
+    SqliteConnect,
+    /// A method of a sqlite3 connection or cursor.
+    Sqlite(SqliteOp),
+    /// `sqlite3.Cursor.__next__`.
+    SqliteNext,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -70,6 +79,7 @@ pub struct Proxies {
     pub fast_kw: FastKwFn,
     pub method_fast_kw: MethodFastKwFn,
     pub init: InitFn,
+    pub iternext: IterNextFn,
 }
 
 pub struct Hook {
@@ -96,6 +106,7 @@ impl Hook {
     pub fn fn_flags(&self) -> u8 {
         let takes_args = match self.target {
             Target::Python | Target::Init => true,
+            Target::IterNext => false,
             Target::Method => {
                 let c = self.convention.load(Ordering::Relaxed);
                 c != 0 && c - 1 != Convention::NoArgs as u8
@@ -140,6 +151,7 @@ macro_rules! hook_table {
                     fast_kw: proxies::$id::fast_kw,
                     method_fast_kw: proxies::$id::method_fast_kw,
                     init: proxies::$id::init,
+                    iternext: proxies::$id::iternext,
                 },
                 original: AtomicPtr::new(std::ptr::null_mut()),
                 convention: AtomicU8::new(0),
@@ -188,6 +200,10 @@ macro_rules! hook_table {
                 pub unsafe extern "C" fn init(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> c_int {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch_init(&HOOKS[ID], InitCall { slf, args, kwargs }) }
+                }
+                pub unsafe extern "C" fn iternext(slf: *mut PyObject) -> *mut PyObject {
+                    // SAFETY: see above.
+                    unsafe { crate::handlers::dispatch_iternext(&HOOKS[ID], slf) }
                 }
             }
         )* }
@@ -326,6 +342,21 @@ hook_table! {
     socket_getservbyport => "socket.getservbyport", "_socket", ["getservbyport"], Method, Handler::Generic;
     signal_signal => "signal.signal", "_signal", ["signal"], Method, Handler::SignalSet;
     signal_getsignal => "signal.getsignal", "_signal", ["getsignal"], Method, Handler::SignalGet;
+    sqlite_connect => "sqlite3.connect", "_sqlite3", ["Connection"], Init, Handler::SqliteConnect;
+    sqlite_connection_execute => "sqlite3.Connection.execute", "_sqlite3", ["Connection", "execute"], Method, Handler::Sqlite(SqliteOp::ConnectionExecute);
+    sqlite_connection_executemany => "sqlite3.Connection.executemany", "_sqlite3", ["Connection", "executemany"], Method, Handler::Sqlite(SqliteOp::ConnectionExecute);
+    sqlite_connection_executescript => "sqlite3.Connection.executescript", "_sqlite3", ["Connection", "executescript"], Method, Handler::Sqlite(SqliteOp::ConnectionExecute);
+    sqlite_connection_commit => "sqlite3.Connection.commit", "_sqlite3", ["Connection", "commit"], Method, Handler::Generic;
+    sqlite_connection_rollback => "sqlite3.Connection.rollback", "_sqlite3", ["Connection", "rollback"], Method, Handler::Generic;
+    sqlite_connection_close => "sqlite3.Connection.close", "_sqlite3", ["Connection", "close"], Method, Handler::Sqlite(SqliteOp::Close);
+    sqlite_cursor_execute => "sqlite3.Cursor.execute", "_sqlite3", ["Cursor", "execute"], Method, Handler::Sqlite(SqliteOp::CursorExecute);
+    sqlite_cursor_executemany => "sqlite3.Cursor.executemany", "_sqlite3", ["Cursor", "executemany"], Method, Handler::Sqlite(SqliteOp::CursorExecute);
+    sqlite_cursor_executescript => "sqlite3.Cursor.executescript", "_sqlite3", ["Cursor", "executescript"], Method, Handler::Sqlite(SqliteOp::CursorExecute);
+    sqlite_cursor_fetchone => "sqlite3.Cursor.fetchone", "_sqlite3", ["Cursor", "fetchone"], Method, Handler::Sqlite(SqliteOp::Fetch);
+    sqlite_cursor_fetchmany => "sqlite3.Cursor.fetchmany", "_sqlite3", ["Cursor", "fetchmany"], Method, Handler::Sqlite(SqliteOp::Fetch);
+    sqlite_cursor_fetchall => "sqlite3.Cursor.fetchall", "_sqlite3", ["Cursor", "fetchall"], Method, Handler::Sqlite(SqliteOp::Fetch);
+    sqlite_cursor_next => "sqlite3.Cursor.__next__", "_sqlite3", ["Cursor"], IterNext, Handler::SqliteNext;
+    sqlite_cursor_close => "sqlite3.Cursor.close", "_sqlite3", ["Cursor", "close"], Method, Handler::Sqlite(SqliteOp::Close);
 }
 
 impl Hook {
@@ -365,7 +396,8 @@ unsafe fn install(hook: &'static Hook, module: *mut ffi::PyObject) -> Result<(),
         let target = resolve(module, hook.path)?;
         let result = match hook.target {
             Target::Method => install_method(hook, target),
-            Target::Init => install_init(hook, target),
+            Target::Init => install_slot(hook, target, Slot::Init),
+            Target::IterNext => install_slot(hook, target, Slot::IterNext),
             Target::Python => Ok(()),
         };
         ffi::Py_DECREF(target);
@@ -436,7 +468,7 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
             Convention::Fast => p.fast as *mut c_void,
             Convention::FastKw => p.fast_kw as *mut c_void,
             Convention::MethodFastKw => p.method_fast_kw as *mut c_void,
-            Convention::InitSlot => return Err("not a method".into()),
+            Convention::InitSlot | Convention::IterNextSlot => return Err("not a method".into()),
         };
         let current = (*def).ml_meth.PyCFunction as *mut c_void;
         if current == proxy {
@@ -449,34 +481,46 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
     }
 }
 
+#[derive(Clone, Copy)]
+enum Slot {
+    Init,
+    IterNext,
+}
+
 /// # Safety
 /// GIL held, `obj` live.
-unsafe fn install_init(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(), String> {
-    // SAFETY: tp_init of a live type object; type_call reads it on every instantiation.
+unsafe fn install_slot(hook: &'static Hook, obj: *mut ffi::PyObject, slot: Slot) -> Result<(), String> {
+    // SAFETY: a slot of a live type object, which CPython reads on every use.
     unsafe {
         if ffi::PyType_Check(obj) == 0 {
             return Err("not a type".into());
         }
         let ty = obj as *mut ffi::PyTypeObject;
-        let Some(current) = (*ty).tp_init.map(|f| f as *mut c_void) else {
-            return Err("the type has no __init__ slot on this Python".into());
+        let (current, proxy, wrapper_name, convention) = match slot {
+            Slot::Init => ((*ty).tp_init.map(|f| f as *mut c_void), hook.proxies.init as *mut c_void, c"__init__", Convention::InitSlot),
+            Slot::IterNext => ((*ty).tp_iternext.map(|f| f as *mut c_void), hook.proxies.iternext as *mut c_void, c"__next__", Convention::IterNextSlot),
         };
-        let proxy = hook.proxies.init;
-        if current == proxy as *mut c_void {
+        let Some(current) = current else {
+            return Err("the type has no such slot on this Python".into());
+        };
+        if current == proxy {
             return Ok(());
         }
-        hook.convention.store(Convention::InitSlot as u8 + 1, Ordering::Relaxed);
+        hook.convention.store(convention as u8 + 1, Ordering::Relaxed);
         hook.original.store(current, Ordering::Relaxed);
-        (*ty).tp_init = Some(proxy);
+        match slot {
+            Slot::Init => (*ty).tp_init = Some(hook.proxies.init),
+            Slot::IterNext => (*ty).tp_iternext = Some(hook.proxies.iternext),
+        }
         // Python subclasses call `Base.__init__(self, ...)` explicitly (socket.socket does),
-        // which goes through the type's `__init__` wrapper descriptor: it holds its own copy
-        // of the function pointer, so it is redirected too.
+        // which goes through the type's wrapper descriptor: it holds its own copy of the
+        // function pointer, so it is redirected too.
         let dict = (*ty).tp_dict;
-        let descr = if dict.is_null() { std::ptr::null_mut() } else { ffi::PyDict_GetItemString(dict, c"__init__".as_ptr()) };
+        let descr = if dict.is_null() { std::ptr::null_mut() } else { ffi::PyDict_GetItemString(dict, wrapper_name.as_ptr()) };
         if !descr.is_null() && ffi::Py_TYPE(descr) == std::ptr::addr_of_mut!(ffi::PyWrapperDescr_Type) {
             let wrapper = descr as *mut ffi::PyWrapperDescrObject;
             if (*wrapper).d_wrapped == current {
-                (*wrapper).d_wrapped = proxy as *mut c_void;
+                (*wrapper).d_wrapped = proxy;
             }
         }
         Ok(())

@@ -15,6 +15,7 @@ mod fds;
 mod fileio;
 mod osfd;
 mod sockets;
+mod sqlite;
 mod gil;
 mod handlers;
 mod hooks;
