@@ -274,3 +274,18 @@ test("standard input is recorded and replayed", async (t) => {
   const replay = await runCli(["replay", recording], { cwd: dir, input: "something else\n" });
   assertSame(t, record, replay);
 });
+
+test("os.system replays its status without running; exec ends the replay where the recording left", async (t) => {
+  const r = await recordAndReplay(`
+    import os, time
+    print("before", time.time(), flush=True)
+    print("status", os.system("touch system-ran; exit 3"))
+    os.execv("/bin/sh", ["sh", "-c", "echo from the new program; exit 5"])
+  `, { beforeReplay: async ({ dir }) => rm(join(dir, "system-ran")) });
+  t.is(r.record.code, 5, r.record.stderr);
+  t.regex(r.record.stdout, /^before [\d.]+\nstatus 768\nfrom the new program\n$/);
+  t.is(r.replay.code, 5);
+  t.is(r.replay.stdout, r.record.stdout.replace("from the new program\n", ""));
+  t.regex(r.replay.stderr, /retrace: the recorded program called os\.execv here and became another program, which was not recorded; the replay ends/);
+  t.false(existsSync(join(r.dir, "system-ran")), "os.system ran its command again at replay");
+});

@@ -35,6 +35,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::DatetimeNow | Handler::DatetimeUtcNow => datetime_now(hook, call),
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),
+            Handler::ProcessExec => process_exec(hook, call),
             Handler::File(op) => crate::fileio::method(hook, op, call),
             Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
@@ -330,6 +331,47 @@ unsafe fn process_exit(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             _ => {}
         }
         call.call_original(original)
+    }
+}
+
+/// `os.execv(path, args)`, `os.execve(path, args, env)`: the process image is replaced.
+/// The trace is closed before (the new program is not recorded). At replay the program
+/// would have become that other program here: the replay ends, with the exit status the
+/// recording ended with.
+///
+/// # Safety
+/// GIL held.
+unsafe fn process_exec(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let original = hook.original();
+        let digest = hook.digest(|| call.digest());
+        match mode() {
+            MODE_RECORD if is_active() => {
+                record_with(hook, |rec| {
+                    rec.enc.call(hook.id, digest);
+                    rec.enc.none();
+                });
+                crate::finish_session();
+                call.call_original(original)
+            }
+            MODE_REPLAY if is_active() => {
+                if let Replayed::Raise(e) = replay_take(hook, digest) {
+                    raise_recorded(&e);
+                    return std::ptr::null_mut();
+                }
+                crate::dispatch::write_stderr(&format!(
+                    "retrace: the recorded program called {} here and became another program, which was not recorded; the replay ends\n",
+                    hook.name
+                ));
+                let status = crate::RECORDED_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed);
+                let r = ffi::PyObject_CallMethod(ffi::PySys_GetObject(c"stdout".as_ptr()), c"flush".as_ptr(), std::ptr::null());
+                ffi::Py_XDECREF(r);
+                ffi::PyErr_Clear();
+                libc::_exit(status)
+            }
+            _ => call.call_original(original),
+        }
     }
 }
 

@@ -46,6 +46,9 @@ pub enum Handler {
     RandomSeed,
     /// `os._exit`: record it and close the trace, because atexit will not run.
     ProcessExit,
+    /// `os.execv`, `os.execve`: the recorded process becomes another program, which is
+    /// not recorded; the trace is closed first, and the replay ends there.
+    ProcessExec,
     /// `_io.FileIO.__init__`: opening a data file (see `fileio.rs`).
     FileOpen,
     /// A method of a tracked `_io.FileIO`.
@@ -286,6 +289,10 @@ hook_table! {
     os_link => "os.link", "posix", ["link"], Method, Handler::Fd(FdOp::PathOrFd);
     os_truncate => "os.truncate", "posix", ["truncate"], Method, Handler::Fd(FdOp::PathOrFd);
     os_scandir => "os.scandir", "posix", ["scandir"], Method, Handler::Scandir;
+    os_system => "os.system", "posix", ["system"], Method, Handler::Generic;
+    os_execv => "os.execv", "posix", ["execv"], Method, Handler::ProcessExec;
+    os_execve => "os.execve", "posix", ["execve"], Method, Handler::ProcessExec;
+    os_sendfile => "os.sendfile", "posix", ["sendfile"], Method, Handler::Fd(FdOp::Use);
     os_fork => "os.fork", "posix", ["fork"], Method, Handler::Generic;
     os_waitpid => "os.waitpid", "posix", ["waitpid"], Method, Handler::Generic;
     os_wait => "os.wait", "posix", ["wait"], Method, Handler::Generic;

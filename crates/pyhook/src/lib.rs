@@ -34,6 +34,10 @@ use session::{
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+/// The exit status the recorded process ended with (from `meta.json`, which the CLI
+/// completes), for a replay that ends where the recording left through `exec`.
+pub(crate) static RECORDED_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 /// What the launcher passes in `__RETRACE_BOOT` (see ARCHITECTURE.md).
 #[derive(serde::Deserialize)]
 struct BootConfig {
@@ -131,6 +135,10 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
                     version_info.0, version_info.1
                 )));
             }
+            let meta: Option<serde_json::Value> =
+                std::fs::read_to_string(dir.join("meta.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
+            let code = meta.as_ref().and_then(|m| m.pointer("/exit/code")).and_then(serde_json::Value::as_i64);
+            RECORDED_EXIT_CODE.store(code.unwrap_or(0) as i32, Ordering::Relaxed);
             Session::Replaying(Replayer::new(reader))
         }
         other => return Err(PyValueError::new_err(format!("unknown mode {other:?}"))),
