@@ -132,6 +132,49 @@ if (!only || only === 'compute-instructions') {
   report('compute-bound instructions: replayed / plain', 'ratio', [replayed / plain], { steps, plain, replayed });
 }
 
+if (!only || only === 'flask') {
+  // N requests to a Flask + sqlite app from a client that is not recorded (this process).
+  const requests = Number(option('--flask-requests', '200'));
+  const { spawn } = await import('node:child_process');
+  const { createServer } = await import('node:net');
+  const freePort = () => new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+  /** Runs the app (with `env`) and serves it `requests` requests; resolves to ms. */
+  const serve = async (env) => {
+    const port = await freePort();
+    const started = process.hrtime.bigint();
+    const child = spawn(python, [join(programs, 'flask_app.py'), String(port), String(requests)], { env, stdio: ['ignore', 'pipe', 'ignore'] });
+    await new Promise((resolve) => child.stdout.on('data', (c) => String(c).includes('ready') && resolve()));
+    for (let i = 0; i < requests; i++) {
+      const res = await fetch(`http://127.0.0.1:${port}/orders/${i}`);
+      await res.text();
+    }
+    await new Promise((resolve) => child.on('exit', resolve));
+    return { ms: Number(process.hrtime.bigint() - started) / 1e6, port };
+  };
+  /** Replays with the recorded arguments (no client: the requests are in the recording). */
+  const replay = (dir, port) => timed(python, [join(programs, 'flask_app.py'), String(port), String(requests)], hookEnv('replay', dir)).ms;
+  const recordRatio = [];
+  const replayRatio = [];
+  const bytesPerRequest = [];
+  for (let i = 0; i < rounds; i++) {
+    const plain = (await serve(process.env)).ms;
+    const dir = freshDir();
+    const recorded = await serve(hookEnv('record', dir));
+    recordRatio.push(recorded.ms / plain);
+    bytesPerRequest.push(traceBytes(dir) / requests);
+    replayRatio.push(replay(dir, recorded.port) / plain);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  report('flask request loop: recorded / plain', 'ratio', recordRatio, { requests });
+  report('flask request loop: replayed / plain', 'ratio', replayRatio, { requests });
+  report('flask request loop: trace bytes per request', 'bytes', bytesPerRequest, { requests });
+}
+
 if (!only || only === 'startup') {
   const viaCli = [];
   const viaHook = [];
