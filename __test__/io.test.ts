@@ -289,3 +289,51 @@ test("os.system replays its status without running; exec ends the replay where t
   t.regex(r.replay.stderr, /retrace: the recorded program called os\.execv here and became another program, which was not recorded; the replay ends/);
   t.false(existsSync(join(r.dir, "system-ran")), "os.system ran its command again at replay");
 });
+
+test("TLS: the plaintext is recorded; the replay needs no server, certificate or handshake", async (t) => {
+  const dir = await makeTempDir("tls");
+  const made = await runProcess("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]);
+  t.is(made.code, 0, `this test needs the openssl command: ${made.stderr}`);
+  const port = await freePort();
+  const peer = await startPeer(dir, `
+    import http.server, ssl, sys
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"secret over tls " + self.path.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    print("ready", flush=True)
+    server.serve_forever()
+  `, [String(port), join(dir, "cert.pem"), join(dir, "key.pem")]);
+  let r;
+  try {
+    r = await recordAndReplay(`
+      import os, socket, ssl, urllib.request
+      port = int(os.environ["RT_PORT"])
+      context = ssl.create_default_context(cafile=os.environ["RT_CA"])
+      with urllib.request.urlopen(f"https://localhost:{port}/x", context=context) as response:
+          print(response.status, response.read())
+      with socket.create_connection(("127.0.0.1", port)) as raw:
+          with context.wrap_socket(raw, server_hostname="localhost") as tls:
+              print(tls.version(), tls.getpeercert()["subject"])
+              tls.sendall(b"GET /raw HTTP/1.0\\r\\n\\r\\n")
+              print(tls.recv(4096).split(b"\\r\\n")[0])
+    `, { env: { RT_PORT: String(port), RT_CA: join(dir, "cert.pem") } });
+  } finally {
+    peer.kill();
+  }
+  t.is(r.record.code, 0, r.record.stderr);
+  t.regex(r.record.stdout, /^200 b'secret over tls \/x'\nTLSv1\.[23] \(\(\('commonName', 'localhost'\),\),\)\nb'HTTP\/1\.0 200 OK'\n$/);
+  await rm(join(dir, "cert.pem"));
+  await rm(join(dir, "key.pem"));
+  assertSame(t, r.record, await replayOffline(r.recording, r.dir));
+});

@@ -276,7 +276,7 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
         match op {
             FileOp::Plain => boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original)),
             FileOp::Close => close(hook, call),
-            FileOp::ReadInto => read_into(hook, call),
+            FileOp::ReadInto => read_into(hook, call, 0),
         }
     }
 }
@@ -308,17 +308,18 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     }
 }
 
-/// `readinto(buffer)`, `recv_into(buffer)`, `recvfrom_into(buffer)`: records the bytes
-/// the call placed in the caller's buffer along with its result (a count, or a tuple
-/// starting with the count), and at replay puts the same bytes in the buffer.
+/// `readinto(buffer)`, `recv_into(buffer)`, `recvfrom_into(buffer)`, SSL `read(n, buffer)`:
+/// records the bytes the call placed in the caller's buffer (argument `buffer_at`) along
+/// with its result (a count, or a tuple starting with the count), and at replay puts the
+/// same bytes in the buffer.
 ///
 /// # Safety
-/// Called through a method proxy with the GIL held; the buffer is the first argument.
-pub unsafe fn read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+/// Called through a method proxy with the GIL held.
+pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) -> *mut ffi::PyObject {
     // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
     unsafe {
         let original = hook.original();
-        let Some(&target) = call.positional().first() else {
+        let Some(&target) = call.positional().get(buffer_at) else {
             return call.call_original(original);
         };
         let digest = hook.digest(|| call.digest());

@@ -42,6 +42,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Scandir => crate::dirs::scandir(hook, call),
             Handler::SignalSet => crate::signals::set(hook, call),
             Handler::Sqlite(op) => crate::sqlite::method(hook, op, call),
+            Handler::Ssl => crate::sockets::ssl_method(hook, call),
             Handler::SqliteConnect | Handler::SqliteNext => call.call_original(original),
             Handler::SignalGet => crate::signals::get(hook, call),
             Handler::FileOpen | Handler::SockInit => call.call_original(original),

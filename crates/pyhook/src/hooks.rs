@@ -71,6 +71,8 @@ pub enum Handler {
     Sqlite(SqliteOp),
     /// `sqlite3.Cursor.__next__`.
     SqliteNext,
+    /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
+    Ssl,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -364,6 +366,23 @@ hook_table! {
     sqlite_cursor_fetchall => "sqlite3.Cursor.fetchall", "_sqlite3", ["Cursor", "fetchall"], Method, Handler::Sqlite(SqliteOp::Fetch);
     sqlite_cursor_next => "sqlite3.Cursor.__next__", "_sqlite3", ["Cursor"], IterNext, Handler::SqliteNext;
     sqlite_cursor_close => "sqlite3.Cursor.close", "_sqlite3", ["Cursor", "close"], Method, Handler::Sqlite(SqliteOp::Close);
+    ssl_do_handshake => "ssl.SSLSocket.do_handshake", "_ssl", ["_SSLSocket", "do_handshake"], Method, Handler::Ssl;
+    ssl_read => "ssl.SSLSocket.read", "_ssl", ["_SSLSocket", "read"], Method, Handler::Ssl;
+    ssl_write => "ssl.SSLSocket.write", "_ssl", ["_SSLSocket", "write"], Method, Handler::Ssl;
+    ssl_pending => "ssl.SSLSocket.pending", "_ssl", ["_SSLSocket", "pending"], Method, Handler::Ssl;
+    ssl_getpeercert => "ssl.SSLSocket.getpeercert", "_ssl", ["_SSLSocket", "getpeercert"], Method, Handler::Ssl;
+    ssl_cipher => "ssl.SSLSocket.cipher", "_ssl", ["_SSLSocket", "cipher"], Method, Handler::Ssl;
+    ssl_shared_ciphers => "ssl.SSLSocket.shared_ciphers", "_ssl", ["_SSLSocket", "shared_ciphers"], Method, Handler::Ssl;
+    ssl_version => "ssl.SSLSocket.version", "_ssl", ["_SSLSocket", "version"], Method, Handler::Ssl;
+    ssl_selected_alpn_protocol => "ssl.SSLSocket.selected_alpn_protocol", "_ssl", ["_SSLSocket", "selected_alpn_protocol"], Method, Handler::Ssl;
+    ssl_compression => "ssl.SSLSocket.compression", "_ssl", ["_SSLSocket", "compression"], Method, Handler::Ssl;
+    ssl_shutdown => "ssl.SSLSocket.shutdown", "_ssl", ["_SSLSocket", "shutdown"], Method, Handler::Ssl;
+    ssl_get_channel_binding => "ssl.SSLSocket.get_channel_binding", "_ssl", ["_SSLSocket", "get_channel_binding"], Method, Handler::Ssl;
+    ssl_verify_client_post_handshake => "ssl.SSLSocket.verify_client_post_handshake", "_ssl", ["_SSLSocket", "verify_client_post_handshake"], Method, Handler::Ssl;
+    ssl_context_load_verify_locations => "ssl.SSLContext.load_verify_locations", "_ssl", ["_SSLContext", "load_verify_locations"], Method, Handler::Generic;
+    ssl_context_load_cert_chain => "ssl.SSLContext.load_cert_chain", "_ssl", ["_SSLContext", "load_cert_chain"], Method, Handler::Generic;
+    ssl_context_set_default_verify_paths => "ssl.SSLContext.set_default_verify_paths", "_ssl", ["_SSLContext", "set_default_verify_paths"], Method, Handler::Generic;
+    ssl_context_load_dh_params => "ssl.SSLContext.load_dh_params", "_ssl", ["_SSLContext", "load_dh_params"], Method, Handler::Generic;
 }
 
 impl Hook {

@@ -47,6 +47,24 @@ unsafe fn socket_kind(obj: *mut ffi::PyObject) -> FdKind {
     }
 }
 
+/// TLS (`_ssl._SSLSocket`) records the plaintext: the handshake, `read` and `write` are
+/// boundary calls, so a replay needs neither the peer, nor certificates, nor a handshake.
+/// The SSL object itself is created live at replay (on the stand-in socket: no I/O).
+///
+/// # Safety
+/// Called through a method proxy with the GIL held.
+pub unsafe fn ssl_method(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let original = hook.original();
+        // read(n, buffer) fills the caller's buffer; read(n) returns bytes.
+        if hook.name == "ssl.SSLSocket.read" && call.positional().len() >= 2 {
+            return crate::fileio::read_into(hook, call, 1);
+        }
+        boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original))
+    }
+}
+
 /// `_socket.socket.__init__(family=-1, type=-1, proto=-1, fileno=None)`.
 ///
 /// # Safety
@@ -123,7 +141,7 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
         let digest = || hook.digest(|| call.digest());
         match op {
             SockOp::Plain => boundary(hook, digest, || call.call_original(original)),
-            SockOp::ReadInto => crate::fileio::read_into(hook, call),
+            SockOp::ReadInto => crate::fileio::read_into(hook, call, 0),
             SockOp::Close => {
                 untrack(fd);
                 match mode() {
