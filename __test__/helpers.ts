@@ -31,6 +31,25 @@ export const CLI = join(ROOT, "dist", "cli.js");
 /** The Python used by end-to-end tests: `$RETRACE_TEST_PYTHON`, default `python3`. */
 export const PYTHON = process.env["RETRACE_TEST_PYTHON"] ?? "python3";
 
+/** A variable that `npm test` (scripts/test-env.mjs) sets; missing, the test fails saying how to set it. */
+function testEnvVar(name: string): string {
+  const value = process.env[name];
+  if (value === undefined || value === "") {
+    throw new Error(`${name} is not set: run the tests with \`npm test\`, or \`eval "$(node scripts/test-env.mjs up)"\` first`);
+  }
+  return value;
+}
+
+/** The venv interpreter (same version as {@link PYTHON}) with `__test__/requirements.txt` installed. */
+export function venvPython(): string {
+  return testEnvVar("RETRACE_TEST_VENV_PYTHON");
+}
+
+/** `postgresql://retrace:<password>@127.0.0.1:<port>/retrace`: the private test cluster (password per run). */
+export function pgDsn(): string {
+  return testEnvVar("RETRACE_TEST_PG_DSN");
+}
+
 export interface CliResult {
   code: number | null;
   signal: NodeJS.Signals | null;

@@ -8,10 +8,17 @@
 // RETRACE_TEST_PYTHON chooses the interpreter for end-to-end tests (default python3).
 // RETRACE_TEST_MATRIX lists more CPython versions (default "3.12 3.13", from pyenv) on which
 // the record/replay suites run again; their extensions are built here when missing or stale.
-import { spawnSync } from "node:child_process";
+//
+// Before ava it sets up what the end-to-end tests against real libraries and services need
+// (scripts/test-env.mjs): a venv per interpreter with __test__/requirements.txt (re-used while
+// that file is unchanged) and a private PostgreSQL cluster on a free loopback port, passed to
+// ava as RETRACE_TEST_VENV_PYTHON and RETRACE_TEST_PG_DSN. The cluster is stopped and removed
+// when the tests end, fail or are interrupted.
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { TestEnvError, checkCluster, ensureVenvs, probePython, startCluster } from "./test-env.mjs";
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const args = process.argv.slice(2);
@@ -65,8 +72,9 @@ function runs(command, commandArgs) {
 
 // Tools.
 need(runs("cargo", ["--version"]) !== undefined, "cargo is not on PATH", "install Rust (rustup) so that `cargo` runs");
-const pyVersion = runs(python, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"]);
-need(pyVersion !== undefined, `${python} does not run`, "install Python 3 or set RETRACE_TEST_PYTHON to an interpreter");
+// Asked once: a pyenv shim is slow, and the venvs are made from the real interpreter.
+const pyInfo = probePython(python);
+need(pyInfo !== undefined, `${python} does not run`, "install Python 3 or set RETRACE_TEST_PYTHON to an interpreter");
 
 // Built artifacts.
 const platform = (() => {
@@ -101,9 +109,60 @@ if (problems.length > 0) {
   process.exit(1);
 }
 
-function step(title, command, commandArgs) {
+// Teardown: the PostgreSQL cluster is stopped on every way out (success, failure, an
+// interruption); `exit` handlers must be synchronous, and stop() is.
+const cleanups = [];
+process.on("exit", () => {
+  for (const cleanup of cleanups.splice(0).reverse()) cleanup();
+});
+// The child running now (ava, cargo, ...): a signal sent to us alone is passed on to it.
+let current;
+for (const [signal, number] of [["SIGINT", 2], ["SIGTERM", 15], ["SIGHUP", 1]]) {
+  process.on(signal, () => {
+    process.stderr.write(`retrace: ${signal}: stopping the tests\n`);
+    try {
+      current?.kill(signal);
+    } catch {
+      // already gone
+    }
+    process.exit(128 + number);
+  });
+}
+
+/** Runs a child asynchronously (so signals reach our handlers); `capture` also collects its output. */
+function spawnChild(command, commandArgs, { env = {}, capture = false } = {}) {
+  return new Promise((resolvePromise) => {
+    const child = spawn(command, commandArgs, {
+      cwd: root,
+      stdio: capture ? ["inherit", "pipe", "pipe"] : "inherit",
+      env: { ...process.env, ...env },
+    });
+    current = child;
+    let output = "";
+    if (capture) {
+      child.stdout.setEncoding("utf8").on("data", (chunk) => {
+        output += chunk;
+        process.stdout.write(chunk);
+      });
+      child.stderr.setEncoding("utf8").on("data", (chunk) => {
+        output += chunk;
+        process.stderr.write(chunk);
+      });
+    }
+    child.on("error", (err) => {
+      current = undefined;
+      resolvePromise({ status: null, signal: err.message, output });
+    });
+    child.on("close", (status, signal) => {
+      current = undefined;
+      resolvePromise({ status, signal, output });
+    });
+  });
+}
+
+async function step(title, command, commandArgs) {
   process.stderr.write(`retrace: ${title}\n`);
-  const r = spawnSync(command, commandArgs, { cwd: root, stdio: "inherit" });
+  const r = await spawnChild(command, commandArgs);
   if (r.status !== 0) {
     process.stderr.write(`retrace: error: ${title} failed (${r.status ?? r.signal})\n`);
     process.exit(r.status || 1);
@@ -113,18 +172,10 @@ function step(title, command, commandArgs) {
 // Totals over every ava run, for the closing `N passed, N failed` line.
 const totals = { passed: 0, failed: 0 };
 
-function avaRun(title, avaCliArgs, env = {}) {
+async function avaRun(title, avaCliArgs, env = {}) {
   process.stderr.write(`retrace: ${title}\n`);
-  const r = spawnSync(process.execPath, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...avaCliArgs], {
-    cwd: root,
-    stdio: ["inherit", "pipe", "pipe"],
-    env: { ...process.env, ...env },
-    encoding: "utf8",
-    maxBuffer: 256 * 1024 * 1024,
-  });
-  process.stdout.write(r.stdout ?? "");
-  process.stderr.write(r.stderr ?? "");
-  const output = `${r.stdout ?? ""}\n${r.stderr ?? ""}`;
+  const r = await spawnChild(process.execPath, [join(root, "node_modules", "ava", "entrypoints", "cli.mjs"), ...avaCliArgs], { env, capture: true });
+  const output = r.output;
   totals.passed += Number(/(\d+) tests? passed/.exec(output)?.[1] ?? 0);
   totals.failed += Number(/(\d+) tests? failed/.exec(output)?.[1] ?? 0) + Number(/(\d+) uncaught exceptions?/.exec(output)?.[1] ?? 0);
   if (r.status !== 0) {
@@ -132,6 +183,17 @@ function avaRun(title, avaCliArgs, env = {}) {
     process.stdout.write(`ava: ${totals.passed} passed, ${totals.failed} failed\n`);
     process.stderr.write(`retrace: error: ${title} failed (${r.status ?? r.signal})\n`);
     process.exit(r.status || 1);
+  }
+}
+
+/** Sets up a test prerequisite; one that cannot be set up fails the run (never a skip). */
+async function prerequisite(title, setUp) {
+  try {
+    return await setUp();
+  } catch (err) {
+    if (!(err instanceof TestEnvError)) throw err;
+    process.stderr.write(`retrace: error: cannot run the tests: ${title}: ${err.message}\nhint: ${err.hint}\n`);
+    process.exit(1);
   }
 }
 
@@ -152,19 +214,46 @@ const matrix = (process.env.RETRACE_TEST_MATRIX ?? "3.12 3.13").split(/\s+/).fil
   }
   return { version, python: join(pyenvRoot, "versions", found, "bin", "python3") };
 });
+const runMatrix = avaArgs.length === 0;
 
-for (const script of rebuilds) step(`npm run ${script} (older than its sources)`, "npm", ["run", "--silent", script]);
-rmSync(join(root, ".retrace-test", "tmp"), { recursive: true, force: true });
+for (const script of rebuilds) await step(`npm run ${script} (older than its sources)`, "npm", ["run", "--silent", script]);
+// Scratch space of the last run. A run interrupted in the disk-full test leaves its small
+// tmpfs mounted in there: unmount what is left (deepest first) before removing it.
+const scratch = join(root, ".retrace-test", "tmp");
+try {
+  const unescape = (p) => p.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+  const mounts = readFileSync("/proc/self/mounts", "utf8").split("\n").map((l) => unescape(l.split(" ")[1] ?? ""));
+  for (const m of mounts.filter((p) => p.startsWith(scratch + "/")).sort((a, b) => b.length - a.length)) spawnSync("umount", [m]);
+} catch {
+  // no /proc: nothing is mounted by the tests there
+}
+rmSync(scratch, { recursive: true, force: true });
+// The venvs first: a missing library or an unreachable package index fails the run early.
+const venvBases = [{ ...pyInfo, main: true }];
+if (runMatrix) {
+  for (const m of matrix) if (m.version !== pyInfo.version) venvBases.push({ executable: m.python, version: m.version, main: false });
+}
+await prerequisite("the PostgreSQL test cluster", checkCluster);
+const venvs = await prerequisite("the Python test venvs", () => ensureVenvs(venvBases, (m) => process.stderr.write(`retrace: ${m}\n`)));
 // The extension for each interpreter under test: cargo makes this a no-op when it is current.
 for (const py of [python, ...matrix.map((m) => m.python)]) {
-  step(`building the CPython extension for ${py}`, process.execPath, [join(root, "scripts", "build-pyhook.mjs"), "--python", py]);
+  await step(`building the CPython extension for ${py}`, process.execPath, [join(root, "scripts", "build-pyhook.mjs"), "--python", py]);
 }
-if (!skipCargo) step("cargo test --workspace", "cargo", ["test", "--workspace"]);
-step("compiling the tests", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(root, "tsconfig.test.json")]);
-avaRun("ava", avaArgs);
-if (avaArgs.length === 0) {
+if (!skipCargo) await step("cargo test --workspace", "cargo", ["test", "--workspace"]);
+await step("compiling the tests", process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(root, "tsconfig.test.json")]);
+const cluster = await prerequisite("the PostgreSQL test cluster", () => startCluster({ log: (m) => process.stderr.write(`retrace: ${m}\n`) }));
+cleanups.push(cluster.stop);
+const services = { RETRACE_TEST_PG_DSN: cluster.dsn };
+await avaRun("ava", avaArgs, { ...services, RETRACE_TEST_VENV_PYTHON: venvs[pyInfo.version] });
+if (runMatrix) {
   for (const { version, python: py } of matrix) {
-    avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts"], { RETRACE_TEST_PYTHON: py });
+    await avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts"], {
+      ...services,
+      RETRACE_TEST_PYTHON: py,
+      RETRACE_TEST_VENV_PYTHON: venvs[version],
+    });
   }
 }
+cluster.stop();
+process.stderr.write("retrace: stopped the PostgreSQL test cluster\n");
 process.stdout.write(`ava: ${totals.passed} passed, ${totals.failed} failed\n`);
