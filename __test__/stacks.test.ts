@@ -11,7 +11,7 @@ import { rm } from "node:fs/promises";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CLI, PYTHON, makeTempDir, recordAndReplay, runCli, runProcess, writeProgram, type CliResult } from "./helpers.js";
+import { CLI, PYTHON, makeTempDir, recordAndReplay, runCli, runProcess, venvPython, writeProgram, type CliResult } from "./helpers.js";
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -199,4 +199,34 @@ test("a Flask app on its development server, clients not recorded, stopped by SI
   await rm(join(dir, "orders.db"));
   assertSame(t, record, await replayOffline(join(dir, "rec"), dir));
   t.false(existsSync(join(dir, "orders.db")));
+});
+
+test("SQLAlchemy ORM over sqlite replays with the database deleted", async (t) => {
+  const r = await recordAndReplay(
+    `
+    from sqlalchemy import String, create_engine, func, select
+    from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+    class Base(DeclarativeBase):
+        pass
+    class User(Base):
+        __tablename__ = "users"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(String(30))
+    engine = create_engine("sqlite:///sa.db")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add_all([User(name="ann"), User(name="bob")])
+        session.commit()
+        print([u.name for u in session.scalars(select(User).order_by(User.id))])
+        print(session.scalar(select(func.count()).select_from(User)))
+        bob = session.scalars(select(User).where(User.name == "bob")).one()
+        bob.name = "robert"
+        session.commit()
+        print(session.get(User, bob.id).name)
+  `,
+    { python: venvPython(), beforeReplay: async ({ dir }) => rm(join(dir, "sa.db")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "['ann', 'bob']\n2\nrobert\n");
+  assertSame(t, r.record, await replayOffline(r.recording, r.dir));
 });
