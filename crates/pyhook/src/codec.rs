@@ -73,12 +73,12 @@ pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, d
         } else if ffi::PyUnicode_CheckExact(obj) != 0 {
             hasher.update(b"s");
             match utf8_of(obj) {
-                Some(bytes) => hasher.update(bytes),
+                Some(bytes) => crate::environ::as_replay_sees(bytes, |b| hasher.update(b)),
                 None => hasher.update(b"<surrogates>"),
             }
         } else if ffi::PyBytes_CheckExact(obj) != 0 {
             hasher.update(b"b");
-            hasher.update(bytes_of(obj));
+            crate::environ::as_replay_sees(bytes_of(obj), |b| hasher.update(b));
         } else if ffi::PyTuple_CheckExact(obj) != 0 || ffi::PyList_CheckExact(obj) != 0 {
             hasher.update(b"(");
             let n = ffi::PySequence_Fast_GET_SIZE(obj);

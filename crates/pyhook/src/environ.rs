@@ -11,6 +11,7 @@
 
 use crate::codec::{decode_value, digest_object};
 use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take};
+use crate::gil::GilCell;
 use crate::exceptions::raise_recorded;
 use crate::hooks::{hook, HookId};
 use crate::session::{mode, Replayed, MODE_RECORD, MODE_REPLAY};
@@ -90,11 +91,24 @@ unsafe fn env_get(dict: *mut ffi::PyObject, key: *mut ffi::PyObject) -> *mut ffi
         match mode() {
             MODE_RECORD if is_active() => {
                 let value = lookup();
-                match secret_len(key, value) {
-                    Some(len) => record_with(hook, |rec| {
-                        rec.enc.call(hook.id, digest);
-                        rec.enc.redacted(len);
-                    }),
+                match secret_of(key, value) {
+                    Some(Secret::Whole(text)) => {
+                        remember_secret(text);
+                        record_with(hook, |rec| {
+                            rec.enc.call(hook.id, digest);
+                            rec.enc.redacted(text.len() as u64);
+                        });
+                    }
+                    Some(Secret::Password(text, span)) => {
+                        // The URL keeps its shape (drivers parse it); only the password goes.
+                        remember_secret(&text[span.clone()]);
+                        let mut masked = text.to_vec();
+                        masked[span].fill(b'*');
+                        record_with(hook, |rec| {
+                            rec.enc.call(hook.id, digest);
+                            rec.enc.bytes(&masked);
+                        });
+                    }
                     None => record_outcome(hook, digest, value),
                 }
                 value
@@ -115,11 +129,17 @@ unsafe fn env_get(dict: *mut ffi::PyObject, key: *mut ffi::PyObject) -> *mut ffi
     }
 }
 
-/// The length of the value when the variable's name looks like it holds a secret.
-///
+/// What of a variable's value must not be stored.
+enum Secret<'a> {
+    /// The whole value (a secret-looking name).
+    Whole(&'a [u8]),
+    /// The password inside a URL.
+    Password(&'a [u8], std::ops::Range<usize>),
+}
+
 /// # Safety
-/// GIL held; `key` live, `value` live or NULL.
-unsafe fn secret_len(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> Option<u64> {
+/// GIL held; `key` live, `value` live or NULL; the result borrows `value`.
+unsafe fn secret_of<'a>(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> Option<Secret<'a>> {
     // SAFETY: reads of exact bytes/str objects.
     unsafe {
         if value.is_null() || ffi::PyBytes_Check(value) == 0 {
@@ -131,21 +151,97 @@ unsafe fn secret_len(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> Opti
         } else {
             crate::codec::utf8_of(key)?
         };
-        is_secret_name(name).then(|| ffi::PyBytes_Size(value) as u64)
+        let len = ffi::PyBytes_Size(value);
+        let text = std::slice::from_raw_parts(ffi::PyBytes_AsString(value) as *const u8, len as usize);
+        if is_secret_name(name) {
+            Some(Secret::Whole(text))
+        } else {
+            password_span(text).map(|span| Secret::Password(text, span))
+        }
     }
 }
 
-/// Names that usually hold credentials. Matching is deliberately broad: a false positive
+/// The secret values redacted so far in this recording.
+static SECRETS: GilCell<Vec<Vec<u8>>> = GilCell::new(Vec::new());
+
+/// Placeholders only make sense for values long enough not to occur by chance.
+const MIN_SECRET_LEN: usize = 4;
+
+fn remember_secret(value: &[u8]) {
+    if value.len() < MIN_SECRET_LEN {
+        return;
+    }
+    // SAFETY: only called from hooks, with the GIL held.
+    let py = unsafe { crate::session::py() };
+    SECRETS.with(py, |secrets| {
+        if !secrets.iter().any(|s| s == value) {
+            secrets.push(value.to_vec());
+        }
+    });
+}
+
+/// Feeds `text` to `feed` as a replay will see it: at replay a redacted secret is `*`s of
+/// the same length, and the program builds its arguments from that (a connection string,
+/// a header). Digesting the recorded arguments with the secrets replaced the same way keeps
+/// those calls matching, and keeps secrets out of the digests too.
+pub fn as_replay_sees(text: &[u8], feed: impl FnOnce(&[u8])) {
+    // SAFETY: digests are computed in hooks, with the GIL held.
+    let py = unsafe { crate::session::py() };
+    let replaced = SECRETS
+        .with(py, |secrets| {
+            let mut out: Option<Vec<u8>> = None;
+            for secret in secrets.iter() {
+                let current = out.as_deref().unwrap_or(text);
+                if current.len() < secret.len() || !current.windows(secret.len()).any(|w| w == secret.as_slice()) {
+                    continue;
+                }
+                let mut next = Vec::with_capacity(current.len());
+                let mut i = 0;
+                while i < current.len() {
+                    if current[i..].starts_with(secret) {
+                        next.extend(std::iter::repeat_n(b'*', secret.len()));
+                        i += secret.len();
+                    } else {
+                        next.push(current[i]);
+                        i += 1;
+                    }
+                }
+                out = Some(next);
+            }
+            out
+        })
+        .flatten();
+    match replaced {
+        Some(bytes) => feed(&bytes),
+        None => feed(text),
+    }
+}
+
+/// Where the password is in a URL that carries one (`scheme://user:password@host...`),
+/// whatever the variable's name: connection strings are where passwords hide.
+pub fn password_span(value: &[u8]) -> Option<std::ops::Range<usize>> {
+    // libpq's keyword form: `host=db user=app password=s3cret`.
+    if let Some(at) = value.windows(9).position(|w| w.eq_ignore_ascii_case(b"password=")) {
+        let start = at + 9;
+        let len = value[start..].iter().position(|b| b.is_ascii_whitespace()).unwrap_or(value.len() - start);
+        return (len > 0).then(|| start..start + len);
+    }
+    let start = value.windows(3).position(|w| w == b"://")? + 3;
+    let authority_len = value[start..].iter().position(|&b| b == b'/').unwrap_or(value.len() - start);
+    let authority = &value[start..start + authority_len];
+    let at = authority.iter().rposition(|&b| b == b'@')?;
+    let colon = authority[..at].iter().position(|&b| b == b':')?;
+    (colon + 1 < at).then(|| start + colon + 1..start + at)
+}
+
+/// Names that usually hold credentials (connection strings are handled by their password instead, see `password_span`). Matching is deliberately broad: a false positive
 /// only costs the replay a placeholder value, a false negative leaks a secret.
 pub fn is_secret_name(name: &[u8]) -> bool {
     let upper = String::from_utf8_lossy(name).to_ascii_uppercase();
     const MARKERS: [&str; 10] = [
         "SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIAL", "PRIVATE", "API_KEY", "APIKEY", "AUTH", "COOKIE",
     ];
-    MARKERS.iter().any(|m| upper.contains(m))
-        || upper.ends_with("_KEY")
-        || upper.ends_with("_DSN")
-        || upper.ends_with("DATABASE_URL")
+    MARKERS.iter().any(|m| upper.contains(m)) || upper.ends_with("_KEY")
 }
 
 #[cfg(test)]
@@ -154,11 +250,25 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for name in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "db_password", "STRIPE_API_KEY", "SENTRY_DSN", "DATABASE_URL"] {
+        for name in ["AWS_SECRET_ACCESS_KEY", "GITHUB_TOKEN", "db_password", "STRIPE_API_KEY"] {
             assert!(is_secret_name(name.as_bytes()), "{name}");
         }
         for name in ["HOME", "PATH", "LANG", "PWD", "ORDER_FILE"] {
             assert!(!is_secret_name(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn urls_with_passwords() {
+        use super::password_span;
+        let url = b"postgresql://app:s3cret@db:5432/app";
+        assert_eq!(&url[password_span(url).unwrap()], b"s3cret");
+        let url = b"redis://:pw@cache/0";
+        assert_eq!(&url[password_span(url).unwrap()], b"pw");
+        assert_eq!(password_span(b"https://example.com/a@b"), None);
+        assert_eq!(password_span(b"postgresql://app@db/app"), None);
+        assert_eq!(password_span(b"/usr/bin:/bin"), None);
+        let dsn = b"host=db user=app password=s3cret dbname=app";
+        assert_eq!(&dsn[password_span(dsn).unwrap()], b"s3cret");
     }
 }

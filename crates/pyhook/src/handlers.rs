@@ -43,6 +43,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::SignalSet => crate::signals::set(hook, call),
             Handler::Sqlite(op) => crate::sqlite::method(hook, op, call),
             Handler::Ssl => crate::sockets::ssl_method(hook, call),
+            Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             Handler::SqliteConnect | Handler::SqliteNext => call.call_original(original),
             Handler::SignalGet => crate::signals::get(hook, call),
             Handler::FileOpen | Handler::SockInit => call.call_original(original),
@@ -83,7 +84,46 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
             Handler::FileOpen => crate::fileio::open(hook, call),
             Handler::SockInit => crate::sockets::init(hook, call),
             Handler::SqliteConnect => crate::sqlite::connect(hook, call),
+            Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             _ => call.call_original(original),
+        }
+    }
+}
+
+/// A boundary that cannot be replayed yet (see [`Handler::Unsupported`]).
+///
+/// # Safety
+/// GIL held; `live` performs the original call.
+unsafe fn unsupported<R>(hook: &'static Hook, digest: u32, live: impl FnOnce() -> R) -> R {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let digest = hook.digest(|| digest);
+        match mode() {
+            MODE_RECORD if is_active() => {
+                record_with(hook, |rec| {
+                    if rec.warn_unrecordable_once() {
+                        eprintln!("retrace: warning: {} is not recorded yet; a replay will stop at this call", hook.name);
+                    }
+                    rec.enc.call(hook.id, digest);
+                    rec.enc.none();
+                });
+                live()
+            }
+            MODE_REPLAY if is_active() => {
+                let _ = replay_take(hook, digest);
+                diverge(
+                    Divergence {
+                        index: None,
+                        thread: 0,
+                        expected: format!("a replay of {}", hook.name),
+                        actual: format!("{} cannot be replayed yet; the replay stops here rather than reach the real world", hook.name),
+                        hint: "see the README's list of what is recorded",
+                        bad_recording: true,
+                    },
+                    true,
+                )
+            }
+            _ => live(),
         }
     }
 }

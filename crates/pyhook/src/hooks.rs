@@ -73,6 +73,9 @@ pub enum Handler {
     SqliteNext,
     /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
     Ssl,
+    /// A boundary we cannot replay yet: recorded as a marker (with a warning), and a
+    /// replay that reaches it stops there, naming it, instead of reaching the real world.
+    Unsupported,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -383,6 +386,7 @@ hook_table! {
     ssl_context_load_cert_chain => "ssl.SSLContext.load_cert_chain", "_ssl", ["_SSLContext", "load_cert_chain"], Method, Handler::Generic;
     ssl_context_set_default_verify_paths => "ssl.SSLContext.set_default_verify_paths", "_ssl", ["_SSLContext", "set_default_verify_paths"], Method, Handler::Generic;
     ssl_context_load_dh_params => "ssl.SSLContext.load_dh_params", "_ssl", ["_SSLContext", "load_dh_params"], Method, Handler::Generic;
+    psycopg2_connect => "psycopg2.connect", "psycopg2._psycopg", ["connection"], Init, Handler::Unsupported;
 }
 
 impl Hook {
