@@ -111,6 +111,25 @@ if (!only || only === 'compute') {
   report('compute-bound: replayed / plain', 'ratio', replayRatio, { steps: computeSteps });
 }
 
+if (!only || only === 'clock-instructions') {
+  // Instructions added per intercepted time.time(), under callgrind: stable where the
+  // nanosecond figure above swings with the VM's noise.
+  const calls = 200000;
+  const count = (n, env) => {
+    const r = spawnSync('valgrind', ['--tool=callgrind', '--callgrind-out-file=/dev/null', python, join(programs, 'clock_loop.py'), String(n)], {
+      env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const m = /Collected : (\d+)/.exec(r.stderr ?? '');
+    if (r.status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${r.stderr || r.error}`);
+    return Number(m[1]);
+  };
+  const plain = count(calls, process.env) - count(0, process.env);
+  const dirs = [freshDir(), freshDir()];
+  const recorded = count(calls, hookEnv('record', dirs[0])) - count(0, hookEnv('record', dirs[1]));
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  report('clock: instructions added per time.time() (record)', 'instr', [(recorded - plain) / calls], { calls, plainPerCall: plain / calls });
+}
+
 if (!only || only === 'compute-instructions') {
   // Wall time on these VMs varies by +-12% between identical runs; instruction counts under
   // callgrind do not, so they show a few-percent overhead that wall time cannot.

@@ -148,6 +148,8 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         .with(py, |s| {
             // The starting thread (the main thread) becomes thread 0.
             s.threads.current();
+            // SAFETY: the GIL is held (we have a Python token).
+            signals::MAIN_THREAD.store(unsafe { pyo3::ffi::PyThreadState_Get() }, Ordering::Relaxed);
             s.session = session;
             // What the program reads from standard input is input: recorded, replayed.
             s.fds.insert(0, fds::FdKind::File);

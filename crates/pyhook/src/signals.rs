@@ -16,33 +16,41 @@ use crate::calls::RawCall;
 use crate::session::{mode, py, Session, MODE_RECORD, MODE_REPLAY, STATE};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use std::cell::Cell;
 use std::os::raw::c_int;
+use std::sync::atomic::{AtomicPtr, AtomicU32, Ordering};
 
 /// Signals whose default action (terminate) is recorded.
 const RECORDED_DEFAULTS: [c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2];
 
-thread_local! {
-    /// How many boundary calls this thread is inside (their originals are running).
-    static IN_CALL: Cell<u32> = const { Cell::new(0) };
-}
+/// The main thread's state: CPython runs signal handlers on the main thread only, so only
+/// its calls need counting (a pointer compare, cheaper than a thread-local in a loaded
+/// extension).
+pub static MAIN_THREAD: AtomicPtr<ffi::PyThreadState> = AtomicPtr::new(std::ptr::null_mut());
+
+/// How many boundary calls the main thread is inside (their originals are running).
+static MAIN_IN_CALL: AtomicU32 = AtomicU32::new(0);
 
 /// Runs a boundary call's original while counting it as in progress, so a signal handler
 /// that runs inside it is recorded as such.
 pub fn in_call<R>(original: impl FnOnce() -> R) -> R {
+    // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
+    let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
+    if !on_main {
+        return original();
+    }
     struct Leave;
     impl Drop for Leave {
         fn drop(&mut self) {
-            IN_CALL.with(|c| c.set(c.get().saturating_sub(1)));
+            MAIN_IN_CALL.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    IN_CALL.with(|c| c.set(c.get() + 1));
+    MAIN_IN_CALL.fetch_add(1, Ordering::Relaxed);
     let _leave = Leave;
     original()
 }
 
 fn record_signal(py: Python<'_>, signum: c_int) {
-    let during_call = IN_CALL.with(Cell::get) > 0;
+    let during_call = MAIN_IN_CALL.load(Ordering::Relaxed) > 0;
     let failure = STATE
         .with(py, |s| {
             let thread = s.threads.current();
