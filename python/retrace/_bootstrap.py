@@ -47,6 +47,9 @@ def boot(config, boot_dir):
                 "cache_tag": sys.implementation.cache_tag or "",
                 "pid": os.getpid(),
                 "hash_seed": settings["hashseed"],
+                # What the import view leaves to the interpreter: the stdlib and us.
+                "import_skip": [os.path.dirname(os.__file__) + os.sep, os.path.dirname(__file__) + os.sep],
+                "main_script": _main_script(),
             }
         else:
             header = {"version_info": tuple(sys.version_info[:3])}
@@ -64,6 +67,15 @@ def boot(config, boot_dir):
     for warning in warnings:
         sys.stderr.write("retrace: warning: %s\n" % warning)
     _chain()
+
+
+def _main_script():
+    """The script the interpreter was started with, which it reads itself."""
+    argv = getattr(sys, "orig_argv", None) or []
+    script = sys.argv[0] if sys.argv else ""
+    if script in ("", "-c", "-m") or "-c" in argv[1:2] or not os.path.isfile(script):
+        return None
+    return os.path.abspath(script)
 
 
 def _hide(settings, boot_dir):

@@ -68,9 +68,12 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
         let args = call.positional();
         let file = args.first().copied().or_else(|| keyword(call.kwargs, c"file"));
         let opener = args.get(3).copied().or_else(|| keyword(call.kwargs, c"opener"));
-        let active = matches!(mode(), MODE_RECORD | MODE_REPLAY) && is_active() && !called_by_import_system();
+        let in_session = matches!(mode(), MODE_RECORD | MODE_REPLAY) && is_active();
         let by_path = file.is_some_and(|f| ffi::PyLong_Check(f) == 0) && opener.is_none_or(|o| o == ffi::Py_None());
-        if !active {
+        if in_session && by_path && called_by_import_system() {
+            return open_for_import(original, call, file);
+        }
+        if !in_session || called_by_import_system() {
             return call.call_original(original);
         }
         let digest = hook.digest(|| open_digest(&call));
@@ -126,6 +129,59 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
                 0
             }
             Replayed::Value(_) => bad_shape(hook),
+        }
+    }
+}
+
+/// The import system opening a source or bytecode file: live, but through the import view
+/// (see `imports.rs`): a recorded source is read from its copy at replay, under its
+/// recorded name.
+///
+/// # Safety
+/// GIL held; `original` is FileIO's tp_init.
+unsafe fn open_for_import(original: *mut std::os::raw::c_void, call: InitCall, file: Option<*mut ffi::PyObject>) -> c_int {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let Some(path) = file.and_then(|f| crate::codec::utf8_of(f)).map(|b| String::from_utf8_lossy(b).into_owned()) else {
+            return call.call_original(original);
+        };
+        match crate::imports::source_open(&path) {
+            crate::imports::SourceOpen::AsIs => call.call_original(original),
+            crate::imports::SourceOpen::Missing => {
+                let args = (libc::ENOENT, "No such file or directory (a recorded source supersedes it)", path.clone());
+                let py = pyo3::Python::assume_attached();
+                pyo3::PyErr::new::<pyo3::exceptions::PyFileNotFoundError, _>(args).restore(py);
+                -1
+            }
+            crate::imports::SourceOpen::Redirect(copy) => {
+                let Some(copy) = copy.to_str() else { return call.call_original(original) };
+                let copy_obj = ffi::PyUnicode_FromStringAndSize(copy.as_ptr().cast(), copy.len() as ffi::Py_ssize_t);
+                if copy_obj.is_null() {
+                    return -1;
+                }
+                // The import system passes the path positionally: swap it for the copy.
+                let positional = call.positional();
+                if positional.is_empty() {
+                    ffi::Py_DECREF(copy_obj);
+                    return call.call_original(original);
+                }
+                let args = ffi::PyTuple_New(positional.len() as ffi::Py_ssize_t);
+                for (i, &arg) in positional.iter().enumerate() {
+                    let item = if i == 0 { copy_obj } else { arg };
+                    ffi::Py_INCREF(item);
+                    ffi::PyTuple_SET_ITEM(args, i as ffi::Py_ssize_t, item);
+                }
+                ffi::Py_DECREF(copy_obj);
+                let status = InitCall { slf: call.slf, args, kwargs: call.kwargs }.call_original(original);
+                ffi::Py_DECREF(args);
+                if status == 0 {
+                    if let Some(name) = file {
+                        ffi::PyObject_SetAttrString(call.slf, c"name".as_ptr(), name);
+                        ffi::PyErr_Clear();
+                    }
+                }
+                status
+            }
         }
     }
 }

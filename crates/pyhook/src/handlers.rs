@@ -25,7 +25,11 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
                 || call.call_original(original),
             ),
             Handler::GenericExceptImports if crate::fileio::called_by_import_system() => {
-                call.call_original(original)
+                if hook.name == "os.getcwd" && is_active() {
+                    crate::imports::getcwd(|| call.call_original(original))
+                } else {
+                    call.call_original(original)
+                }
             }
             Handler::GenericExceptImports => boundary(
                 hook,

@@ -19,6 +19,7 @@ mod sqlite;
 mod gil;
 mod handlers;
 mod hooks;
+mod imports;
 mod session;
 mod signals;
 
@@ -82,6 +83,8 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         info.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("missing {key}")))
     };
     let version_info: (u32, u32, u32) = item("version_info")?.extract()?;
+    let imports;
+    let mut main_script: Option<String> = None;
     let session = match mode {
         "record" => {
             let header = TraceHeader {
@@ -116,6 +119,9 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             let writer = TraceWriter::create(&trace, &header, options).map_err(|e| {
                 PyRuntimeError::new_err(format!("cannot create {}: {e}", trace.display()))
             })?;
+            let skip: Vec<String> = item("import_skip")?.extract()?;
+            imports = Some(imports::ImportView::recording(&dir, skip));
+            main_script = info.get_item("main_script")?.and_then(|s| s.extract::<String>().ok());
             Session::Recording(Recorder::new(enc, writer))
         }
         "replay" => {
@@ -139,6 +145,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
                 std::fs::read_to_string(dir.join("meta.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
             let code = meta.as_ref().and_then(|m| m.pointer("/exit/code")).and_then(serde_json::Value::as_i64);
             RECORDED_EXIT_CODE.store(code.unwrap_or(0) as i32, Ordering::Relaxed);
+            imports = Some(imports::ImportView::replaying(&dir).map_err(PyRuntimeError::new_err)?);
             Session::Replaying(Replayer::new(reader))
         }
         other => return Err(PyValueError::new_err(format!("unknown mode {other:?}"))),
@@ -148,6 +155,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         .with(py, |s| {
             // The starting thread (the main thread) becomes thread 0.
             s.threads.current();
+            s.imports = imports;
             // SAFETY: the GIL is held (we have a Python token).
             signals::MAIN_THREAD.store(unsafe { pyo3::ffi::PyThreadState_Get() }, Ordering::Relaxed);
             s.session = session;
@@ -168,6 +176,9 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         }
     }
     MODE.store(if is_record { MODE_RECORD } else { MODE_REPLAY }, Ordering::Relaxed);
+    if let Some(script) = main_script {
+        imports::capture_main_script(&script);
+    }
     Ok(warnings)
 }
 
@@ -195,16 +206,28 @@ fn watched_modules() -> Vec<&'static str> {
 #[pyclass(module = "retrace._pyhook", frozen)]
 struct ImportWatcher {
     original: Py<PyAny>,
+    /// `len(sys.path)` when the session started, until the interpreter inserts
+    /// `sys.path[0]` (after start-up, before the program's first import); then usize::MAX.
+    path_len_at_start: std::sync::atomic::AtomicUsize,
 }
 
 #[pymethods]
 impl ImportWatcher {
     #[new]
-    fn new(original: Py<PyAny>) -> Self {
-        ImportWatcher { original }
+    fn new(py: Python<'_>, original: Py<PyAny>) -> Self {
+        let len = py.import("sys").and_then(|s| s.getattr("path")).and_then(|p| p.len()).unwrap_or(usize::MAX);
+        ImportWatcher { original, path_len_at_start: std::sync::atomic::AtomicUsize::new(len) }
     }
 
     fn __call__<'py>(&self, py: Python<'py>, name: &Bound<'py, PyString>, import_: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let at_start = self.path_len_at_start.load(Ordering::Relaxed);
+        if at_start != usize::MAX && MODE.load(Ordering::Relaxed) != MODE_OFF {
+            let now = py.import("sys").and_then(|s| s.getattr("path")).and_then(|p| p.len()).unwrap_or(0);
+            if now > at_start {
+                self.path_len_at_start.store(usize::MAX, Ordering::Relaxed);
+                imports::first_import(py);
+            }
+        }
         let module = self.original.bind(py).call1((name, import_))?;
         if let Ok(name) = name.to_str() {
             if watched_modules().contains(&name) {
@@ -241,6 +264,9 @@ pub(crate) fn finish_session() {
     let session = unsafe { STATE.with_unchecked(|s| std::mem::replace(&mut s.session, Session::Idle)) };
     match session {
         Some(Session::Recording(mut rec)) => {
+            if let Err(e) = imports::finish() {
+                eprintln!("retrace: warning: cannot write the recording's sources.json: {e}");
+            }
             rec.enc.end();
             let total = rec.enc.events_written();
             let result = rec.submit().and_then(|()| rec.writer.finish(total).map(drop).map_err(|e| e.to_string()));

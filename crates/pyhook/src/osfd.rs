@@ -58,7 +58,7 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
             FdOp::PathOrFd => match first_fd {
                 Some(fd) if is_tracked(fd) => boundary(hook, digest, live),
                 Some(_) => live(),
-                None if called_by_import_system() => live(),
+                None if called_by_import_system() => crate::imports::path_call(hook, call, live),
                 None => boundary(hook, digest, live),
             },
             FdOp::Open if called_by_import_system() => live(),

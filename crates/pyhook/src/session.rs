@@ -32,6 +32,8 @@ pub struct State {
     pub session: Session,
     /// Descriptors opened by recorded calls (see `fds.rs`); standard input from the start.
     pub fds: BTreeMap<c_int, FdKind>,
+    /// What the import system saw (see `imports.rs`).
+    pub imports: Option<crate::imports::ImportView>,
 }
 
 pub enum Session {
@@ -42,7 +44,7 @@ pub enum Session {
 
 impl State {
     const fn new() -> Self {
-        State { threads: Threads::new(), session: Session::Idle, fds: BTreeMap::new() }
+        State { threads: Threads::new(), session: Session::Idle, fds: BTreeMap::new(), imports: None }
     }
 }
 

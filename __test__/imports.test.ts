@@ -1,0 +1,95 @@
+/**
+ * Code is re-executed at replay, not replayed, but it is the recorded code: sources the
+ * import system read are copied into the recording and served from there, so a module the
+ * program wrote and then imported replays, and so does a whole test suite with its
+ * checkout deleted.
+ */
+import test from "ava";
+import { existsSync } from "node:fs";
+import { readFile, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { makeTempDir, runCli, venvPython, writeProgram, type CliResult } from "./helpers.js";
+
+function programStderr(r: CliResult): string {
+  return r.stderr.replace(/^retrace: recording to .*\n/, "");
+}
+
+test("a module the program writes and then imports replays, without being written again", async (t) => {
+  const dir = await makeTempDir("written");
+  await writeProgram(dir, "proj/pkg/__init__.py", "VALUE = 41\n");
+  const main = await writeProgram(
+    dir,
+    "proj/main.py",
+    `
+    import importlib, os, sys
+    here = os.path.dirname(os.path.abspath(__file__))
+    import pkg
+    with open(os.path.join(here, "generated.py"), "w") as f:
+        f.write("def answer():\\n    return %d\\n" % (pkg.VALUE + 1))
+    importlib.invalidate_caches()
+    import generated
+    print("answer", generated.answer(), os.path.relpath(generated.__file__, here))
+    `,
+  );
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", "python3", main], { cwd: dir });
+  t.is(record.code, 0, record.stderr);
+  t.is(record.stdout, "answer 42 generated.py\n");
+  t.true(existsSync(join(recording, "sources.json")));
+  await rm(join(dir, "proj", "generated.py"));
+  await writeFile(join(dir, "proj", "pkg", "__init__.py"), "VALUE = 1000  # edited after the recording\n");
+  const replay = await runCli(["replay", recording], { cwd: dir });
+  t.is(replay.code, 0, replay.stderr);
+  t.is(replay.stdout, record.stdout);
+  t.false(existsSync(join(dir, "proj", "generated.py")), "the replay wrote the module again");
+});
+
+test("a pytest run replays with its checkout deleted: the same output and status", async (t) => {
+  const dir = await makeTempDir("pytest");
+  const project = join(dir, "project");
+  await writeProgram(project, "calc.py", "def add(a, b):\n    return a + b\n");
+  await writeProgram(project, "tests/conftest.py", "import os, sys\nsys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))\n");
+  await writeProgram(
+    project,
+    "tests/test_calc.py",
+    `
+    import json, time
+    from calc import add
+    def test_add():
+        assert add(2, 3) == 5
+    def test_fails():
+        assert add(2, 2) == 5
+    def test_clock_and_files(tmp_path):
+        (tmp_path / "data.json").write_text(json.dumps({"t": time.time() > 0}))
+        assert json.loads((tmp_path / "data.json").read_text()) == {"t": True}
+    `,
+  );
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", venvPython(), "-m", "pytest", "-q"], { cwd: project });
+  t.is(record.code, 1, record.stderr);
+  t.regex(record.stdout, /E\s+assert 4 == 5/);
+  t.regex(record.stdout, /1 failed, 2 passed/);
+  await rename(project, `${project}-deleted`);
+  await rm(`${project}-deleted`, { recursive: true });
+  const replay = await runCli(["replay", recording], { cwd: dir });
+  t.is(replay.stdout, record.stdout);
+  t.is(replay.stderr, programStderr(record));
+  t.is(replay.code, record.code);
+});
+
+test("a recorded source edited in the recording is refused before the replay runs", async (t) => {
+  const dir = await makeTempDir("edited-copy");
+  const main = await writeProgram(dir, "app/main.py", "import helper\nprint(helper.VALUE)\n");
+  await writeProgram(dir, "app/helper.py", "VALUE = 1\n");
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", "python3", main], { cwd: dir });
+  t.is(record.code, 0, record.stderr);
+  const sources = JSON.parse(await readFile(join(recording, "sources.json"), "utf8")) as { files: Record<string, { snapshot: string }> };
+  const helper = Object.entries(sources.files).find(([path]) => path.endsWith("helper.py"));
+  t.truthy(helper);
+  await writeFile(join(recording, helper?.[1].snapshot ?? ""), "VALUE = 2\n");
+  const replay = await runCli(["replay", recording], { cwd: dir });
+  t.is(replay.code, 87);
+  t.regex(replay.stderr, /helper\.py was edited after it was recorded/);
+  t.is(replay.stdout, "");
+});
