@@ -5,7 +5,9 @@
  * Scratch directories live under `<repo>/.retrace-test/tmp/` (git-ignored) and are kept
  * after the run so a failure can be looked at; `npm test` clears them before it starts.
  */
+import type { ExecutionContext } from "ava";
 import { spawn } from "node:child_process";
+import { createServer } from "node:net";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve } from "node:path";
@@ -208,11 +210,40 @@ export async function recordAndReplay(
   await opts.beforeReplay?.({ dir, recording });
   const replayEnv = opts.replayEnv ?? opts.env;
   const replay = await runCli(["replay", recording], { cwd: dir, ...(replayEnv ? { env: replayEnv } : {}) });
-  const recordProgramStderr = record.stderr.replace(/^retrace: recording to .*\n/, "");
+  const recordProgramStderr = programStderr(record);
   return { dir, recording: resolve(recording), record, replay, recordProgramStderr };
 }
 
 /** The lines of a CLI's stderr. */
 export function stderrLines(result: CliResult): string[] {
   return result.stderr.split("\n").filter((l) => l !== "");
+}
+
+/** A free TCP port on loopback. */
+export function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() => (typeof address === "object" && address ? resolvePort(address.port) : reject(new Error("no port"))));
+    });
+  });
+}
+
+/** Replays with no network at all: loopback is down too. */
+export function replayOffline(recording: string, cwd: string): Promise<CliResult> {
+  return runProcess("unshare", ["-n", process.execPath, CLI, "replay", recording], { cwd });
+}
+
+/** The program's own stderr at record time, without the CLI's `retrace: recording to` line. */
+export function programStderr(record: CliResult): string {
+  return record.stderr.replace(/^retrace: recording to .*\n/, "");
+}
+
+/** The core check: the replay printed the same stdout and stderr and ended the same way. */
+export function assertReplaysLike(t: ExecutionContext, record: CliResult, replay: CliResult): void {
+  t.is(replay.stdout, record.stdout, "stdout differs between record and replay");
+  t.is(replay.stderr, programStderr(record), "stderr differs between record and replay");
+  t.is(replay.code, record.code, "exit status differs");
+  t.is(replay.signal, record.signal, "the replay died otherwise");
 }

@@ -8,11 +8,8 @@ import test from "ava";
 import { existsSync } from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { makeTempDir, runCli, venvPython, writeProgram, type CliResult } from "./helpers.js";
+import { makeTempDir, programStderr, runCli, venvPython, writeProgram } from "./helpers.js";
 
-function programStderr(r: CliResult): string {
-  return r.stderr.replace(/^retrace: recording to .*\n/, "");
-}
 
 test("a module the program writes and then imports replays, without being written again", async (t) => {
   const dir = await makeTempDir("written");

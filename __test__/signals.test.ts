@@ -8,7 +8,7 @@ import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { CLI, PYTHON, childEnv, makeTempDir, runCli, runProcess, writeProgram, type CliResult } from "./helpers.js";
+import { CLI, PYTHON, assertReplaysLike, childEnv, makeTempDir, runCli, runProcess, writeProgram, type CliResult } from "./helpers.js";
 
 /** Records `program`, sending `signal` to the program (the CLI's child, not the CLI) once it printed "ready". */
 async function recordWithSignal(dir: string, program: string, signal: NodeJS.Signals, delayMs = 350): Promise<CliResult> {
@@ -29,12 +29,6 @@ async function recordWithSignal(dir: string, program: string, signal: NodeJS.Sig
   });
 }
 
-function assertReplaysLike(t: import("ava").ExecutionContext, record: CliResult, replay: CliResult): void {
-  t.is(replay.stdout, record.stdout);
-  t.is(replay.stderr, record.stderr.replace(/^retrace: recording to .*\n/, ""));
-  t.is(replay.code, record.code);
-  t.is(replay.signal, record.signal);
-}
 
 const TICKER = `
 import signal, sys, time

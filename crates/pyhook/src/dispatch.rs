@@ -38,18 +38,53 @@ pub unsafe fn boundary(
                 record_outcome(hook, d, result);
                 result
             }
-            MODE_REPLAY if is_active() => {
-                let d = digest();
-                match replay_take(hook, d) {
-                    Replayed::Value(v) => decode_value(&v),
-                    Replayed::Raise(e) => {
-                        raise_recorded(&e);
-                        std::ptr::null_mut()
-                    }
-                }
-            }
+            MODE_REPLAY if is_active() => outcome_object(replay_take(hook, digest())),
             _ => invoke(),
         }
+    }
+}
+
+/// Replays a call that releases a stand-in (a `close`): takes the recorded outcome, then
+/// really releases the stand-in whatever was recorded (so later use fails as it did), then
+/// returns the recorded outcome.
+///
+/// # Safety
+/// GIL held; `release` performs the original call on the stand-in.
+pub unsafe fn replay_releasing<R>(hook: &'static Hook, digest: Option<u32>, release: impl FnOnce() -> R) -> *mut ffi::PyObject {
+    // SAFETY: per the caller's guarantee.
+    unsafe {
+        let replayed = replay_take(hook, digest);
+        drop(release());
+        outcome_object(replayed)
+    }
+}
+
+/// The object a replayed outcome stands for, or NULL with its exception set.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn outcome_object(replayed: Replayed) -> *mut ffi::PyObject {
+    // SAFETY: per the caller's guarantee.
+    unsafe {
+        match replayed {
+            Replayed::Value(v) => decode_value(&v),
+            Replayed::Raise(e) => {
+                raise_recorded(&e);
+                std::ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// A Python result we drop, its error included: a stand-in's close is not the program's.
+///
+/// # Safety
+/// GIL held; `result` a new reference or NULL.
+pub unsafe fn discard(result: *mut ffi::PyObject) {
+    // SAFETY: per the caller's guarantee.
+    unsafe {
+        ffi::Py_XDECREF(result);
+        ffi::PyErr_Clear();
     }
 }
 

@@ -346,18 +346,8 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
         untrack(fd_field(call.slf()));
         match mode() {
             MODE_REPLAY if is_active() => {
-                let replayed = replay_take(hook, hook.digest(|| call.digest()));
-                // Close the stand-in whatever was recorded.
-                let r = call.call_original(original);
-                ffi::Py_XDECREF(r);
-                ffi::PyErr_Clear();
-                match replayed {
-                    Replayed::Value(v) => crate::codec::decode_value(&v),
-                    Replayed::Raise(e) => {
-                        raise_recorded(&e);
-                        std::ptr::null_mut()
-                    }
-                }
+                let digest = hook.digest(|| call.digest());
+                crate::dispatch::replay_releasing(hook, digest, || crate::dispatch::discard(call.call_original(original)))
             }
             _ => boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original)),
         }

@@ -180,15 +180,7 @@ unsafe fn close(hook: &'static Hook, digest: Option<u32>, fd: c_int, live: impl 
             record_outcome(hook, digest, result);
             return result;
         }
-        let replayed = replay_take(hook, digest);
-        libc::close(fd); // the stand-in goes, whatever the recording says
-        match replayed {
-            Replayed::Value(v) => decode_value(&v),
-            Replayed::Raise(e) => {
-                raise_recorded(&e);
-                std::ptr::null_mut()
-            }
-        }
+        crate::dispatch::replay_releasing(hook, digest, || libc::close(fd))
     }
 }
 

@@ -146,17 +146,7 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
                 untrack(fd);
                 match mode() {
                     MODE_REPLAY if is_active() => {
-                        let replayed = replay_take(hook, digest());
-                        let r = call.call_original(original);
-                        ffi::Py_XDECREF(r);
-                        ffi::PyErr_Clear();
-                        match replayed {
-                            Replayed::Value(v) => decode_value(&v),
-                            Replayed::Raise(e) => {
-                                raise_recorded(&e);
-                                std::ptr::null_mut()
-                            }
-                        }
+                        crate::dispatch::replay_releasing(hook, digest(), || crate::dispatch::discard(call.call_original(original)))
                     }
                     _ => boundary(hook, digest, || call.call_original(original)),
                 }

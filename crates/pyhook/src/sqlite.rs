@@ -104,17 +104,7 @@ pub unsafe fn method(hook: &'static Hook, op: SqliteOp, call: RawCall) -> *mut f
             SqliteOp::ConnectionExecute | SqliteOp::CursorExecute => execute(hook, op, call, digest),
             SqliteOp::Fetch => fetch(hook, call.slf(), digest, || call.call_original(original)),
             SqliteOp::Close if mode() == MODE_REPLAY => {
-                let replayed = replay_take(hook, digest);
-                let r = call.call_original(original);
-                ffi::Py_XDECREF(r);
-                ffi::PyErr_Clear();
-                match replayed {
-                    Replayed::Value(v) => decode_value(&v),
-                    Replayed::Raise(e) => {
-                        raise_recorded(&e);
-                        std::ptr::null_mut()
-                    }
-                }
+                crate::dispatch::replay_releasing(hook, digest, || crate::dispatch::discard(call.call_original(original)))
             }
             SqliteOp::Close => crate::dispatch::boundary(hook, || digest, || call.call_original(original)),
         }
