@@ -4,7 +4,7 @@
  * PYTHONPATH, PYTHONHASHSEED and `__RETRACE_BOOT`, cwd, and exit status pass-through.
  */
 import test from "ava";
-import { chmodSync, existsSync, readFileSync } from "node:fs";
+import { chmodSync, existsSync } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { delimiter, join } from "node:path";
 import { fastRecordOptions, splitRecordArgs } from "../ts/cli-args.js";
