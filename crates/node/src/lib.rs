@@ -7,7 +7,7 @@
 
 #![deny(clippy::all)]
 
-mod signals;
+pub mod signals;
 
 use std::fmt::Write as _;
 use std::path::Path;
