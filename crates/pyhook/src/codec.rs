@@ -11,6 +11,9 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 const MAX_DEPTH: u32 = 32;
 
+/// The longest placeholder a redacted value is replayed as.
+pub const MAX_REDACTED_LEN: u64 = 1 << 20;
+
 /// # Safety
 /// `obj` must be a live object and the GIL held.
 pub unsafe fn str_eq(obj: *mut ffi::PyObject, expected: &str) -> bool {
@@ -411,7 +414,8 @@ pub unsafe fn decode_value(value: &Value) -> *mut ffi::PyObject {
                 c"surrogatepass".as_ptr(),
             ),
             Value::Redacted(len) => {
-                let text = "x".repeat(*len as usize);
+                // A damaged or crafted trace must not make us allocate without bound.
+                let text = "*".repeat((*len).min(MAX_REDACTED_LEN) as usize);
                 ffi::PyUnicode_FromStringAndSize(text.as_ptr() as *const c_char, text.len() as _)
             }
             Value::Bytes(b) => {

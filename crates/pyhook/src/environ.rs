@@ -115,7 +115,7 @@ unsafe fn env_get(dict: *mut ffi::PyObject, key: *mut ffi::PyObject) -> *mut ffi
             }
             MODE_REPLAY if is_active() => match replay_take(hook, digest) {
                 Replayed::Value(Value::Redacted(len)) => {
-                    let stars = vec![b'*'; len as usize];
+                    let stars = vec![b'*'; len.min(crate::codec::MAX_REDACTED_LEN) as usize];
                     ffi::PyBytes_FromStringAndSize(stars.as_ptr().cast(), stars.len() as ffi::Py_ssize_t)
                 }
                 Replayed::Value(v) => decode_value(&v),
