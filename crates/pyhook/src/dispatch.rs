@@ -32,12 +32,16 @@ pub unsafe fn boundary(
     // SAFETY: the GIL is held, per the caller's guarantee.
     unsafe {
         match mode() {
-            MODE_RECORD if is_active() => {
-                let d = digest();
-                let result = crate::signals::in_call(invoke);
-                record_outcome(hook, d, result);
-                result
-            }
+            MODE_RECORD => match active_thread() {
+                // The thread found here is the one recording: looked up once per call.
+                Some(thread) => {
+                    let d = digest();
+                    let result = crate::signals::in_call_on(thread == 0, invoke);
+                    record_outcome_on(hook, Some(thread), d, result);
+                    result
+                }
+                None => invoke(),
+            },
             MODE_REPLAY if is_active() => outcome_object(replay_take(hook, digest())),
             _ => invoke(),
         }
@@ -95,8 +99,22 @@ pub unsafe fn discard(result: *mut ffi::PyObject) {
 /// The GIL must be held.
 pub unsafe fn is_active() -> bool {
     // SAFETY: per the caller's guarantee.
+    unsafe { active_thread() }.is_some()
+}
+
+/// The calling thread's index when its boundary calls are recorded or replayed.
+///
+/// # Safety
+/// The GIL must be held.
+pub unsafe fn active_thread() -> Option<u32> {
+    // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
-    STATE.with(py, |s| !s.threads.gate_open()).unwrap_or(false)
+    STATE
+        .with(py, |s| {
+            let thread = s.threads.current();
+            (!s.threads.gate_open()).then_some(thread)
+        })
+        .flatten()
 }
 
 /// Records the result of a call that already happened (`result` NULL: it raised).
@@ -104,9 +122,18 @@ pub unsafe fn is_active() -> bool {
 /// # Safety
 /// The GIL must be held; `result` is the call's return value (not consumed).
 pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *mut ffi::PyObject) {
+    // SAFETY: per the caller's guarantee.
+    unsafe { record_outcome_on(hook, None, digest, result) }
+}
+
+/// [`record_outcome`] for a caller that already knows the calling thread's index.
+///
+/// # Safety
+/// As for [`record_outcome`].
+unsafe fn record_outcome_on(hook: &'static Hook, thread: Option<u32>, digest: Option<u32>, result: *mut ffi::PyObject) {
     // SAFETY: the GIL is held; encoding reads exact builtin objects only.
     unsafe {
-        record_with(hook, |rec| {
+        record_with_on(hook, thread, |rec| {
             if result.is_null() {
                 record_raise(&mut rec.enc, hook.id, digest);
             } else if is_encodable(result, 0) {
@@ -135,10 +162,17 @@ pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *
 /// The GIL must be held.
 pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)) {
     // SAFETY: per the caller's guarantee.
+    unsafe { record_with_on(hook, None, write) }
+}
+
+/// # Safety
+/// The GIL must be held; `thread`, when given, is the calling thread's index.
+unsafe fn record_with_on(hook: &'static Hook, thread: Option<u32>, write: impl FnOnce(&mut Recorder)) {
+    // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
     let failure = STATE
         .with(py, |s| {
-            let thread = s.threads.current();
+            let thread = thread.unwrap_or_else(|| s.threads.current());
             let Session::Recording(rec) = &mut s.session else {
                 return None;
             };

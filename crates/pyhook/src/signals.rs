@@ -35,6 +35,12 @@ static MAIN_IN_CALL: AtomicU32 = AtomicU32::new(0);
 pub fn in_call<R>(original: impl FnOnce() -> R) -> R {
     // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
     let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
+    in_call_on(on_main, original)
+}
+
+/// [`in_call`] for a caller that already knows whether it runs on the main thread (thread
+/// 0 is the thread that started the session, the main thread).
+pub fn in_call_on<R>(on_main: bool, original: impl FnOnce() -> R) -> R {
     if !on_main {
         return original();
     }
