@@ -110,7 +110,7 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
             }
             Replayed::Value(Value::Tuple(items)) if items.len() == 2 => {
                 let (Value::Int(fd), Value::Int(blksize)) = (&items[0], &items[1]) else {
-                    return bad_shape(hook);
+                    return crate::handlers::bad_value(hook);
                 };
                 let fd = *fd as c_int;
                 if let Err(why) = materialize(fd, FdKind::File) {
@@ -128,7 +128,7 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
                 set_blksize(call.slf, *blksize);
                 0
             }
-            Replayed::Value(_) => bad_shape(hook),
+            Replayed::Value(_) => crate::handlers::bad_value(hook),
         }
     }
 }
@@ -210,7 +210,7 @@ unsafe fn block_size(hook: &'static Hook, slf: *mut ffi::PyObject, digest: Optio
                 raise_recorded(&e);
                 -1
             }
-            Replayed::Value(_) => bad_shape(hook),
+            Replayed::Value(_) => crate::handlers::bad_value(hook),
         }
     }
 }
@@ -227,10 +227,6 @@ unsafe fn set_blksize(slf: *mut ffi::PyObject, blksize: i64) {
         }
         ffi::PyErr_Clear();
     }
-}
-
-fn bad_shape(hook: &'static Hook) -> c_int {
-    crate::handlers::bad_value(hook)
 }
 
 
