@@ -110,7 +110,7 @@ pub unsafe fn open(hook: &'static Hook, call: InitCall) -> c_int {
             }
             Replayed::Value(Value::Tuple(items)) if items.len() == 2 => {
                 let (Value::Int(fd), Value::Int(blksize)) = (&items[0], &items[1]) else {
-                    return crate::handlers::bad_value(hook);
+                    crate::handlers::bad_value(hook);
                 };
                 let fd = *fd as c_int;
                 if let Err(why) = materialize(fd, FdKind::File) {
