@@ -1,7 +1,8 @@
 /**
  * Real stacks: sqlite3, requests against an HTTP server on loopback, and a Flask app on its
  * development server (threaded=False) taking requests from clients that are not
- * recorded, stopped by SIGTERM. Each replays offline with its data removed.
+ * recorded, stopped by SIGTERM. Each replays offline with its data removed. PostgreSQL has
+ * its own file (postgres.test.ts).
  */
 import test from "ava";
 import { spawn } from "node:child_process";
@@ -9,8 +10,7 @@ import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { openRecording } from "../ts/api.js";
-import { PYTHON, assertReplaysLike, freePort, makeTempDir, pgDsn, recordAndReplay, replayOffline, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
+import { PYTHON, assertReplaysLike, freePort, makeTempDir, recordAndReplay, replayOffline, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
 
 
 
@@ -212,30 +212,3 @@ test("SQLAlchemy ORM over sqlite replays with the database deleted", async (t) =
   assertReplaysLike(t, r.record, await replayOffline(r.recording, r.dir));
 });
 
-test("psycopg2 is not replayed yet: the replay stops loudly at the connection; the password never reaches the trace", async (t) => {
-  const dsn = pgDsn();
-  const password = new URL(dsn).password;
-  const r = await recordAndReplay(
-    `
-    import os, psycopg2
-    print("before the database")
-    conn = psycopg2.connect(os.environ["APP_DSN"])
-    cur = conn.cursor()
-    cur.execute("select 40 + 2")
-    print(cur.fetchone())
-  `,
-    { python: venvPython(), env: { APP_DSN: dsn } },
-  );
-  t.is(r.record.code, 0, r.record.stderr);
-  t.is(r.record.stdout, "before the database\n(42,)\n");
-  t.regex(r.record.stderr, /retrace: warning: psycopg2\.connect is not recorded yet; a replay will stop at this call/);
-  t.is(r.replay.code, 87);
-  t.is(r.replay.stdout, "before the database\n");
-  t.regex(r.replay.stderr, /psycopg2\.connect cannot be replayed yet; the replay stops here rather than reach the real world/);
-  const recording = await openRecording(r.recording);
-  const asText = (_key: string, v: unknown): unknown =>
-    v instanceof Uint8Array ? Buffer.from(v).toString("latin1") : typeof v === "bigint" ? v.toString() : v;
-  let all = "";
-  for await (const event of recording.events()) all += JSON.stringify(event, asText);
-  t.false(all.includes(password), "the database password reached the trace");
-});

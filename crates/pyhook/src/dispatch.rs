@@ -255,6 +255,36 @@ pub fn diverge(d: Divergence, python_alive: bool) -> ! {
     } else {
         String::new()
     };
+    report_and_exit(d, &stack)
+}
+
+/// [`diverge`] from a thread of ours (a database stand-in) that found the divergence while
+/// the program waits, blocked in C without the GIL: takes the GIL, then reports with the
+/// stacks of every Python thread, as the one at fault is among them.
+pub fn diverge_from_helper(d: Divergence) -> ! {
+    MODE.store(MODE_OFF, Ordering::Relaxed);
+    // SAFETY: the program is running (it is blocked waiting for us), so the interpreter is
+    // alive; PyGILState_Ensure gives this thread a thread state and the GIL, which we keep:
+    // the process ends below.
+    let stack = unsafe {
+        ffi::PyGILState_Ensure();
+        flush_python_stdio();
+        let mut stacks = String::new();
+        let mut tstate = ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get());
+        while !tstate.is_null() {
+            let stack = stack_of(tstate);
+            if !stack.is_empty() {
+                stacks.push_str(&stack);
+                stacks.push_str("  --\n");
+            }
+            tstate = ffi::PyThreadState_Next(tstate);
+        }
+        stacks.trim_end_matches("  --\n").to_owned()
+    };
+    report_and_exit(d, &stack)
+}
+
+fn report_and_exit(d: Divergence, stack: &str) -> ! {
     let index = d.index.map(|i| format!(" at event #{i}")).unwrap_or_default();
     let title = if d.bad_recording { "replay cannot continue" } else { "replay diverged" };
     let mut report = format!(
@@ -263,7 +293,7 @@ pub fn diverge(d: Divergence, python_alive: bool) -> ! {
     );
     if !stack.is_empty() {
         report.push_str("Python stack (most recent call last):\n");
-        report.push_str(&stack);
+        report.push_str(stack);
     }
     report.push_str(&format!("hint: {}\n", d.hint));
     write_stderr(&report);
@@ -308,11 +338,20 @@ unsafe fn flush_python_stdio() {
 /// # Safety
 /// The GIL must be held.
 unsafe fn python_stack() -> String {
+    // SAFETY: per the caller's guarantee.
+    unsafe { stack_of(ffi::PyThreadState_Get()) }
+}
+
+/// The Python stack of the thread `tstate`, outermost first, without our own frames.
+///
+/// # Safety
+/// The GIL must be held; `tstate` a live thread state of this interpreter.
+unsafe fn stack_of(tstate: *mut ffi::PyThreadState) -> String {
     // SAFETY: frame and code accessors of the public C API, with reference counting.
     unsafe {
         let own = OWN_SOURCE_PREFIX.get().map(String::as_str).unwrap_or("\0");
         let mut lines = Vec::new();
-        let mut frame = ffi::PyThreadState_GetFrame(ffi::PyThreadState_Get());
+        let mut frame = ffi::PyThreadState_GetFrame(tstate);
         while !frame.is_null() {
             let code = ffi::PyFrame_GetCode(frame);
             let file = attr_text(code as *mut ffi::PyObject, c"co_filename");

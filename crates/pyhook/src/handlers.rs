@@ -50,7 +50,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             Handler::SqliteConnect | Handler::SqliteNext => call.call_original(original),
             Handler::SignalGet => crate::signals::get(hook, call),
-            Handler::FileOpen | Handler::SockInit => call.call_original(original),
+            Handler::FileOpen | Handler::SockInit | Handler::PgConnect => call.call_original(original),
         }
     }
 }
@@ -88,6 +88,7 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
             Handler::FileOpen => crate::fileio::open(hook, call),
             Handler::SockInit => crate::sockets::init(hook, call),
             Handler::SqliteConnect => crate::sqlite::connect(hook, call),
+            Handler::PgConnect => crate::pg::connect(hook, call),
             Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             _ => call.call_original(original),
         }

@@ -71,6 +71,8 @@ pub enum Handler {
     Sqlite(SqliteOp),
     /// `sqlite3.Cursor.__next__`.
     SqliteNext,
+    /// `psycopg2`'s `connection.__init__`: libpq's socket is relayed and recorded (see `pg.rs`).
+    PgConnect,
     /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
     Ssl,
     /// A boundary we cannot replay yet: recorded as a marker (with a warning), and a
@@ -386,7 +388,10 @@ hook_table! {
     ssl_context_load_cert_chain => "ssl.SSLContext.load_cert_chain", "_ssl", ["_SSLContext", "load_cert_chain"], Method, Handler::Generic;
     ssl_context_set_default_verify_paths => "ssl.SSLContext.set_default_verify_paths", "_ssl", ["_SSLContext", "set_default_verify_paths"], Method, Handler::Generic;
     ssl_context_load_dh_params => "ssl.SSLContext.load_dh_params", "_ssl", ["_SSLContext", "load_dh_params"], Method, Handler::Generic;
-    psycopg2_connect => "psycopg2.connect", "psycopg2._psycopg", ["connection"], Init, Handler::Unsupported;
+    psycopg2_connect => "psycopg2.connect", "psycopg2._psycopg", ["connection"], Init, Handler::PgConnect;
+    psycopg2_cancel => "psycopg2.connection.cancel", "psycopg2._psycopg", ["connection", "cancel"], Method, Handler::Generic;
+    psycopg2_reset => "psycopg2.connection.reset", "psycopg2._psycopg", ["connection", "reset"], Method, Handler::Unsupported;
+    psycopg2_get_dsn_parameters => "psycopg2.connection.get_dsn_parameters", "psycopg2._psycopg", ["connection", "get_dsn_parameters"], Method, Handler::Generic;
 }
 
 impl Hook {

@@ -14,6 +14,7 @@ mod exceptions;
 mod fds;
 mod fileio;
 mod osfd;
+mod pg;
 mod sockets;
 mod sqlite;
 mod gil;
@@ -83,6 +84,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         info.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("missing {key}")))
     };
     let version_info: (u32, u32, u32) = item("version_info")?.extract()?;
+    pg::set_trace_dir(root_trace(&dir).parent().unwrap_or(&dir).to_path_buf());
     let imports;
     let mut main_script: Option<String> = None;
     let session = match mode {
@@ -264,6 +266,7 @@ pub(crate) fn finish_session() {
     let session = unsafe { STATE.with_unchecked(|s| std::mem::replace(&mut s.session, Session::Idle)) };
     match session {
         Some(Session::Recording(mut rec)) => {
+            pg::finish_recording();
             if let Err(e) = imports::finish() {
                 eprintln!("retrace: warning: cannot write the recording's sources.json: {e}");
             }

@@ -15,6 +15,7 @@ pub mod encode;
 pub mod event;
 pub mod header;
 pub mod reader;
+pub mod stream;
 pub mod wire;
 pub mod writer;
 
@@ -25,6 +26,7 @@ pub use encode::ChunkEncoder;
 pub use event::{Event, EventRecord, FnDef, ProcessKind, RecordedError, Value};
 pub use header::{ChunkInfo, PythonInfo, TraceHeader, TraceTrailer};
 pub use reader::{Events, TraceError, TraceErrorKind, TraceReader};
+pub use stream::{read_stream, RecordedStream, Segment, StreamError, StreamWriter};
 pub use writer::{TraceWriter, WriterFailed, WriterOptions};
 
 #[cfg(test)]
