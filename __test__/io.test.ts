@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { PYTHON, assertReplaysLike, freePort, makeTempDir, recordAndReplay, replayOffline, runCli, runProcess, writeProgram } from "./helpers.js";
+import { CLI, PYTHON, assertReplaysLike, freePort, makeTempDir, recordAndReplay, replayOffline, runCli, runProcess, writeProgram } from "./helpers.js";
 
 
 /** Starts a Python peer (not recorded) and waits until it prints "ready". */
@@ -196,6 +196,57 @@ test("child processes are not started at replay; their output and status replay"
   t.is(r.record.stdout, "'child out\\n' 3\nhello\nb'through cat' 0\n");
   assertReplaysLike(t, r.record, r.replay);
   t.false(existsSync(join(r.dir, "child-ran")), "the child ran again at replay");
+});
+
+test("a child's output to the inherited stdout and stderr replays in order, without the child running", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import os, subprocess, sys
+    print("parent before", flush=True)
+    subprocess.run([sys.executable, "-c", "import sys; print('child stdout'); print('child stderr', file=sys.stderr); open('child-ran', 'a').write('x')"], check=True)
+    print("call status", subprocess.call(["sh", "-c", "echo from sh; echo sh err >&2; exit 2"]), flush=True)
+    print("system status", os.system("echo from system; echo system err >&2; touch system-ran"), flush=True)
+    p = subprocess.Popen(["echo", "from popen"])
+    while p.poll() is None:
+        pass
+    print("parent after", p.returncode)
+  `,
+    {
+      beforeReplay: async ({ dir }) => {
+        await rm(join(dir, "child-ran"));
+        await rm(join(dir, "system-ran"));
+      },
+    },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "parent before\nchild stdout\nfrom sh\ncall status 2\nfrom system\nsystem status 0\nfrom popen\nparent after 0\n");
+  t.is(r.recordProgramStderr, "child stderr\nsh err\nsystem err\n");
+  assertReplaysLike(t, r.record, r.replay);
+  t.false(existsSync(join(r.dir, "child-ran")), "the child ran again at replay");
+  t.false(existsSync(join(r.dir, "system-ran")), "os.system ran again at replay");
+});
+
+test("in a terminal, a child still sees a terminal while recorded, and its output replays", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import subprocess, sys
+    subprocess.run([sys.executable, "-c", "import os, sys; print('child sees a tty:', sys.stdout.isatty(), os.get_terminal_size().columns)"])
+    print("parent sees a tty:", sys.stdout.isatty())
+  `,
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  const dir = r.dir;
+  // The same program, recorded and replayed with a pseudo-terminal as stdout (util-linux `script`).
+  const inTerminal = (command: string) =>
+    runProcess("script", ["-qec", `stty cols 97; ${command}`, "/dev/null"], { cwd: dir });
+  const record = await inTerminal(`${process.execPath} ${CLI} record -o tty-rec -- ${PYTHON} main.py`);
+  t.is(record.code, 0, record.stderr);
+  t.regex(record.stdout, /child sees a tty: True 97\r?\n/);
+  t.regex(record.stdout, /parent sees a tty: True/);
+  const replay = await inTerminal(`${process.execPath} ${CLI} replay tty-rec`);
+  t.is(replay.code, 0, replay.stderr);
+  const programLines = (out: string) => out.split(/\r?\n/).filter((l) => l.includes("sees a tty"));
+  t.deepEqual(programLines(replay.stdout), programLines(record.stdout));
 });
 
 test("os-level files: reads replay with the data gone, changes are not made again", async (t) => {

@@ -71,6 +71,13 @@ pub enum Handler {
     Sqlite(SqliteOp),
     /// `sqlite3.Cursor.__next__`.
     SqliteNext,
+    /// `_posixsubprocess.fork_exec`: a child's inherited stdout/stderr is captured (see
+    /// `children.rs`).
+    ForkExec,
+    /// `os.waitpid`, `wait`, `wait4`: recorded with the output of the child reaped.
+    Wait,
+    /// `os.system`: recorded with the command's output to the inherited stdout/stderr.
+    System,
     /// `psycopg2`'s `connection.__init__`: libpq's socket is relayed and recorded (see `pg.rs`).
     PgConnect,
     /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
@@ -296,14 +303,14 @@ hook_table! {
     os_link => "os.link", "posix", ["link"], Method, Handler::Fd(FdOp::PathOrFd);
     os_truncate => "os.truncate", "posix", ["truncate"], Method, Handler::Fd(FdOp::PathOrFd);
     os_scandir => "os.scandir", "posix", ["scandir"], Method, Handler::Scandir;
-    os_system => "os.system", "posix", ["system"], Method, Handler::Generic;
+    os_system => "os.system", "posix", ["system"], Method, Handler::System;
     os_execv => "os.execv", "posix", ["execv"], Method, Handler::ProcessExec;
     os_execve => "os.execve", "posix", ["execve"], Method, Handler::ProcessExec;
     os_sendfile => "os.sendfile", "posix", ["sendfile"], Method, Handler::Fd(FdOp::Use);
     os_fork => "os.fork", "posix", ["fork"], Method, Handler::Generic;
-    os_waitpid => "os.waitpid", "posix", ["waitpid"], Method, Handler::Generic;
-    os_wait => "os.wait", "posix", ["wait"], Method, Handler::Generic;
-    os_wait4 => "os.wait4", "posix", ["wait4"], Method, Handler::Generic;
+    os_waitpid => "os.waitpid", "posix", ["waitpid"], Method, Handler::Wait;
+    os_wait => "os.wait", "posix", ["wait"], Method, Handler::Wait;
+    os_wait4 => "os.wait4", "posix", ["wait4"], Method, Handler::Wait;
     os_kill => "os.kill", "posix", ["kill"], Method, Handler::Generic;
     os_posix_spawn => "os.posix_spawn", "posix", ["posix_spawn"], Method, Handler::Generic;
     os_posix_spawnp => "os.posix_spawnp", "posix", ["posix_spawnp"], Method, Handler::Generic;
@@ -321,7 +328,7 @@ hook_table! {
     time_ctime => "time.ctime", "time", ["ctime"], Method, Handler::Generic;
     time_asctime => "time.asctime", "time", ["asctime"], Method, Handler::Generic;
     time_strftime => "time.strftime", "time", ["strftime"], Method, Handler::Generic;
-    subprocess_fork_exec => "_posixsubprocess.fork_exec", "_posixsubprocess", ["fork_exec"], Method, Handler::Generic;
+    subprocess_fork_exec => "_posixsubprocess.fork_exec", "_posixsubprocess", ["fork_exec"], Method, Handler::ForkExec;
     select_select => "select.select", "select", ["select"], Method, Handler::Fd(FdOp::Select);
     select_poll_poll => "select.poll.poll", "select", ["poll", "()", "poll"], Method, Handler::Generic;
     select_epoll_poll => "select.epoll.poll", "select", ["epoll", "poll"], Method, Handler::Generic;

@@ -6,6 +6,7 @@
 //! else happens in the C-level proxies installed by [`hooks`].
 
 mod calls;
+mod children;
 mod codec;
 mod dirs;
 mod dispatch;
