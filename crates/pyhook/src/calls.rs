@@ -12,26 +12,26 @@ use xxhash_rust::xxh3::Xxh3Default;
 
 /// C signatures of the conventions, spelled out here so that every proxy and its original
 /// agree exactly (pyo3-ffi's aliases differ in pointer mutability between conventions).
-pub type NoArgsFn = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+pub type NoArgsFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
 pub type VarArgsKwFn =
-    unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+    unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
 pub type FastFn =
-    unsafe extern "C" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject;
-pub type FastKwFn = unsafe extern "C" fn(
+    unsafe extern "C-unwind" fn(*mut ffi::PyObject, *const *mut ffi::PyObject, ffi::Py_ssize_t) -> *mut ffi::PyObject;
+pub type FastKwFn = unsafe extern "C-unwind" fn(
     *mut ffi::PyObject,
     *const *mut ffi::PyObject,
     ffi::Py_ssize_t,
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
-pub type MethodFastKwFn = unsafe extern "C" fn(
+pub type MethodFastKwFn = unsafe extern "C-unwind" fn(
     *mut ffi::PyObject,
     *mut ffi::PyTypeObject,
     *const *mut ffi::PyObject,
     ffi::Py_ssize_t,
     *mut ffi::PyObject,
 ) -> *mut ffi::PyObject;
-pub type IterNextFn = unsafe extern "C" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
-pub type InitFn = unsafe extern "C" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> c_int;
+pub type IterNextFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject) -> *mut ffi::PyObject;
+pub type InitFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> c_int;
 
 /// The calling conventions we can proxy (the `ml_flags` bits that decide a C signature),
 /// plus the `tp_init` slot.
@@ -163,6 +163,90 @@ impl RawCall {
                     let f: MethodFastKwFn = std::mem::transmute(original);
                     f(slf, cls, args, nargs, kwnames)
                 }
+            }
+        }
+    }
+
+    /// Forwards the call to the original C function with other positional arguments
+    /// (borrowed), the keywords unchanged.
+    ///
+    /// # Safety
+    /// As for [`RawCall::call_original`]; `positional` live for the call.
+    pub unsafe fn call_with_positional(&self, positional: &[*mut ffi::PyObject], original: *mut c_void) -> *mut ffi::PyObject {
+        // SAFETY: per the caller's guarantee; the argument arrays and tuples built here live
+        // until the original returns.
+        unsafe {
+            let nargs = positional.len() as ffi::Py_ssize_t;
+            let with_keywords = |kwnames: *mut ffi::PyObject, args: *const *mut ffi::PyObject, old_nargs: ffi::Py_ssize_t| {
+                let mut all = positional.to_vec();
+                if !kwnames.is_null() {
+                    all.extend_from_slice(raw_slice(args.offset(old_nargs), ffi::PyTuple_GET_SIZE(kwnames)));
+                }
+                all
+            };
+            match *self {
+                RawCall::NoArgs { .. } => self.call_original(original),
+                RawCall::O { slf, .. } => match positional.first() {
+                    Some(&arg) => RawCall::O { slf, arg }.call_original(original),
+                    None => self.call_original(original),
+                },
+                RawCall::VarArgs { slf, .. } | RawCall::VarArgsKw { slf, .. } => {
+                    let tuple = ffi::PyTuple_New(nargs);
+                    if tuple.is_null() {
+                        return std::ptr::null_mut();
+                    }
+                    for (i, &a) in positional.iter().enumerate() {
+                        ffi::Py_INCREF(a);
+                        ffi::PyTuple_SET_ITEM(tuple, i as ffi::Py_ssize_t, a);
+                    }
+                    let result = match *self {
+                        RawCall::VarArgsKw { kwargs, .. } => RawCall::VarArgsKw { slf, args: tuple, kwargs },
+                        _ => RawCall::VarArgs { slf, args: tuple },
+                    }
+                    .call_original(original);
+                    ffi::Py_DECREF(tuple);
+                    result
+                }
+                RawCall::Fast { slf, .. } => RawCall::Fast { slf, args: positional.as_ptr(), nargs }.call_original(original),
+                RawCall::FastKw { slf, args, nargs: old, kwnames } => {
+                    let all = with_keywords(kwnames, args, old);
+                    RawCall::FastKw { slf, args: all.as_ptr(), nargs, kwnames }.call_original(original)
+                }
+                RawCall::MethodFastKw { slf, cls, args, nargs: old, kwnames } => {
+                    let all = with_keywords(kwnames, args, old);
+                    RawCall::MethodFastKw { slf, cls, args: all.as_ptr(), nargs, kwnames }.call_original(original)
+                }
+            }
+        }
+    }
+
+    /// Forwards the call with no arguments at all (neither positional nor keywords).
+    ///
+    /// # Safety
+    /// As for [`RawCall::call_original`].
+    pub unsafe fn call_bare(&self, original: *mut c_void) -> *mut ffi::PyObject {
+        // SAFETY: per the caller's guarantee.
+        unsafe {
+            match *self {
+                RawCall::VarArgsKw { slf, .. } | RawCall::VarArgs { slf, .. } => {
+                    let empty = ffi::PyTuple_New(0);
+                    if empty.is_null() {
+                        return std::ptr::null_mut();
+                    }
+                    let result = match *self {
+                        RawCall::VarArgsKw { .. } => RawCall::VarArgsKw { slf, args: empty, kwargs: std::ptr::null_mut() },
+                        _ => RawCall::VarArgs { slf, args: empty },
+                    }
+                    .call_original(original);
+                    ffi::Py_DECREF(empty);
+                    result
+                }
+                RawCall::FastKw { slf, args, .. } => RawCall::FastKw { slf, args, nargs: 0, kwnames: std::ptr::null_mut() }.call_original(original),
+                RawCall::MethodFastKw { slf, cls, args, .. } => {
+                    RawCall::MethodFastKw { slf, cls, args, nargs: 0, kwnames: std::ptr::null_mut() }.call_original(original)
+                }
+                RawCall::Fast { slf, args, .. } => RawCall::Fast { slf, args, nargs: 0 }.call_original(original),
+                RawCall::NoArgs { .. } | RawCall::O { .. } => self.call_original(original),
             }
         }
     }

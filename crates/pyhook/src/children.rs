@@ -188,7 +188,7 @@ pub unsafe fn fork_exec(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObjec
                 )),
             }
         }
-        let result = crate::signals::in_call(|| with_positional(&call, &args, original));
+        let result = crate::signals::in_call(|| call.call_with_positional(&args, original));
         let mut captures = Vec::new();
         for (child_end, ours, target, number) in pending {
             ffi::Py_DECREF(number);
@@ -216,42 +216,138 @@ pub unsafe fn fork_exec(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObjec
     }
 }
 
-/// Calls `original` like `call`, with other positional arguments.
+/// `os.posix_spawn`, `os.posix_spawnp` (which `subprocess` uses when it can): as
+/// [`fork_exec`], the captures being added to the child's `file_actions` as `dup2`s.
 ///
 /// # Safety
-/// GIL held; `args` live for the call.
-unsafe fn with_positional(call: &RawCall, args: &[*mut ffi::PyObject], original: *mut std::ffi::c_void) -> *mut ffi::PyObject {
-    // SAFETY: per the caller's guarantee; a tuple built for the VARARGS conventions.
+/// Called through a method proxy with the GIL held.
+pub unsafe fn posix_spawn(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
     unsafe {
-        match *call {
-            RawCall::Fast { slf, .. } => RawCall::Fast { slf, args: args.as_ptr(), nargs: args.len() as ffi::Py_ssize_t }.call_original(original),
-            RawCall::FastKw { slf, kwnames, .. } if kwnames.is_null() => {
-                RawCall::FastKw { slf, args: args.as_ptr(), nargs: args.len() as ffi::Py_ssize_t, kwnames }.call_original(original)
-            }
-            RawCall::VarArgs { slf, .. } | RawCall::VarArgsKw { slf, .. } => {
-                let tuple = ffi::PyTuple_New(args.len() as ffi::Py_ssize_t);
-                if tuple.is_null() {
-                    return std::ptr::null_mut();
-                }
-                for (i, &a) in args.iter().enumerate() {
-                    ffi::Py_INCREF(a);
-                    ffi::PyTuple_SET_ITEM(tuple, i as ffi::Py_ssize_t, a);
-                }
-                let kwargs = match *call {
-                    RawCall::VarArgsKw { kwargs, .. } => kwargs,
-                    _ => std::ptr::null_mut(),
-                };
-                let r = match *call {
-                    RawCall::VarArgs { .. } => RawCall::VarArgs { slf, args: tuple },
-                    _ => RawCall::VarArgsKw { slf, args: tuple, kwargs },
-                }
-                .call_original(original);
-                ffi::Py_DECREF(tuple);
-                r
-            }
-            // Keywords or another convention: not rewritten, so not captured.
-            _ => call.call_original(original),
+        let original = hook.original();
+        let RawCall::FastKw { slf, args, nargs, kwnames } = call else {
+            return crate::dispatch::boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original));
+        };
+        if mode() != MODE_RECORD || active_thread().is_none() {
+            return crate::dispatch::boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original));
         }
+        let digest = hook.digest(|| call.digest());
+        // posix's own constant (CPython's numbering, not the C library's).
+        let dup2_constant = ffi::PyObject_GetAttrString(slf, c"POSIX_SPAWN_DUP2".as_ptr());
+        let dup2 = if dup2_constant.is_null() { -1 } else { ffi::PyLong_AsLongLong(dup2_constant) };
+        ffi::Py_XDECREF(dup2_constant);
+        ffi::PyErr_Clear();
+        if dup2 < 0 {
+            return crate::dispatch::boundary(hook, || digest, || call.call_original(original));
+        }
+        let existing = call.keyword("file_actions");
+        let redirected = |target: c_int| -> bool {
+            // A program's own dup2 to 1 or 2 (subprocess's stdout=PIPE) is left alone.
+            let Some(actions) = existing else { return false };
+            let list = ffi::PySequence_List(actions);
+            if list.is_null() {
+                ffi::PyErr_Clear();
+                return true;
+            }
+            let found = (0..ffi::PyList_GET_SIZE(list)).any(|i| {
+                let action = ffi::PyList_GET_ITEM(list, i);
+                ffi::PyTuple_Check(action) != 0
+                    && ffi::PyTuple_GET_SIZE(action) == 3
+                    && ffi::PyLong_AsLongLong(ffi::PyTuple_GET_ITEM(action, 0)) == dup2
+                    && ffi::PyLong_AsLongLong(ffi::PyTuple_GET_ITEM(action, 2)) == i64::from(target)
+            });
+            ffi::PyErr_Clear();
+            ffi::Py_DECREF(list);
+            found
+        };
+        let mut pending = Vec::new();
+        let mut added = Vec::new();
+        for target in [1, 2] {
+            if redirected(target) || !capturable(target) {
+                continue;
+            }
+            match channel_for(target) {
+                Ok((child_end, ours)) => {
+                    let action = ffi::Py_BuildValue(c"(Lii)".as_ptr(), dup2, child_end.as_raw_fd(), target);
+                    if action.is_null() {
+                        ffi::PyErr_Clear();
+                        continue;
+                    }
+                    added.push(action);
+                    pending.push((child_end, ours, target));
+                }
+                Err(e) => write_stderr(&format!(
+                    "retrace: warning: a child's output to descriptor {target} is not recorded ({e}); a replay will not show it\n"
+                )),
+            }
+        }
+        if pending.is_empty() {
+            return crate::dispatch::boundary(hook, || digest, || call.call_original(original));
+        }
+        // file_actions = our dup2s first, then the program's own (a CLOSEFROM among them
+        // closes our descriptors in the child after they were duplicated).
+        let actions = ffi::PyList_New(0);
+        for &a in &added {
+            ffi::PyList_Append(actions, a);
+            ffi::Py_DECREF(a);
+        }
+        if let Some(existing) = existing {
+            let rest = ffi::PySequence_List(existing);
+            if !rest.is_null() {
+                for i in 0..ffi::PyList_GET_SIZE(rest) {
+                    ffi::PyList_Append(actions, ffi::PyList_GET_ITEM(rest, i));
+                }
+                ffi::Py_DECREF(rest);
+            }
+            ffi::PyErr_Clear();
+        }
+        // The same call with `file_actions` replaced or added.
+        let positional = call.positional();
+        let mut names: Vec<*mut ffi::PyObject> = if kwnames.is_null() { Vec::new() } else { crate::calls::tuple_items(kwnames).to_vec() };
+        let mut values: Vec<*mut ffi::PyObject> = if kwnames.is_null() {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(args.offset(nargs), names.len()).to_vec()
+        };
+        let key = ffi::PyUnicode_FromString(c"file_actions".as_ptr());
+        match names.iter().position(|&n| crate::codec::str_eq(n, "file_actions")) {
+            Some(i) => values[i] = actions,
+            None => {
+                names.push(key);
+                values.push(actions);
+            }
+        }
+        let new_names = ffi::PyTuple_New(names.len() as ffi::Py_ssize_t);
+        for (i, &n) in names.iter().enumerate() {
+            ffi::Py_INCREF(n);
+            ffi::PyTuple_SET_ITEM(new_names, i as ffi::Py_ssize_t, n);
+        }
+        let mut all = positional.to_vec();
+        all.extend_from_slice(&values);
+        let result = crate::signals::in_call(|| RawCall::FastKw { slf, args: all.as_ptr(), nargs, kwnames: new_names }.call_original(original));
+        ffi::Py_DECREF(new_names);
+        ffi::Py_DECREF(key);
+        ffi::Py_DECREF(actions);
+        let mut captures = Vec::new();
+        for (child_end, ours, target) in pending {
+            drop(child_end);
+            if result.is_null() {
+                continue;
+            }
+            if let Ok(capture) = start(ours, target, None) {
+                captures.push(capture);
+            }
+        }
+        record_outcome(hook, digest, result);
+        if !result.is_null() && !captures.is_empty() {
+            let pid = ffi::PyLong_AsLongLong(result);
+            if pid > 0 {
+                BY_PID.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(pid, captures);
+            } else {
+                ffi::PyErr_Clear();
+            }
+        }
+        result
     }
 }
 

@@ -215,7 +215,17 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 // The signal interrupted this call when recorded: its handler runs now, inside
                 // the call, outside our state (it is the program's code).
                 // SAFETY: the GIL is held; CPython runs the pending handler here.
-                handler_raised |= unsafe { ffi::PyErr_SetInterruptEx(signum) == 0 && ffi::PyErr_CheckSignals() < 0 };
+                // It ran inside the call, as when recorded (see `signals::nested`).
+                handler_raised |= crate::signals::in_call(|| unsafe { ffi::PyErr_SetInterruptEx(signum) == 0 && ffi::PyErr_CheckSignals() < 0 });
+                continue;
+            }
+            Some(Ok(Taken::Unfinished)) => {
+                // SAFETY: the GIL is held here, per this function's contract.
+                unsafe { unfinished_call(hook) }
+            }
+            Some(Ok(Taken::NotYourTurn(turn))) => {
+                // SAFETY: the GIL is held here, per this function's contract.
+                unsafe { wait_for_turn(hook, turn) };
                 continue;
             }
             Some(Ok(Taken::Outcome(replayed))) => replayed,
@@ -235,6 +245,78 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
         // A handler that raised inside the call ended it, as when recorded: the exception it
         // raised is the call's outcome.
         return if handler_raised { Replayed::Raise(None) } else { replayed };
+    }
+}
+
+/// A call that had not returned when the recorded process ended: a daemon thread's (still
+/// sleeping, still waiting) never returns at replay either; the thread waits, without the
+/// GIL, for the process to end as it did. Any other thread making a call its recording
+/// does not have is a divergence.
+///
+/// # Safety
+/// The GIL must be held.
+unsafe fn unfinished_call(hook: &'static Hook) -> ! {
+    // SAFETY: the GIL is held, per the caller's guarantee; after the daemon check this
+    // thread gives it up for good.
+    unsafe {
+        use pyo3::prelude::PyAnyMethods;
+        let daemon = pyo3::Python::assume_attached()
+            .import("threading")
+            .and_then(|t| t.call_method0("current_thread"))
+            .and_then(|t| t.getattr("daemon"))
+            .and_then(|d| d.is_truthy())
+            .unwrap_or(false);
+        if !daemon {
+            let thread = STATE.with(py(), |s| s.threads.current()).unwrap_or(0);
+            diverge(
+                Divergence {
+                    index: None,
+                    thread,
+                    expected: "the end of this thread's recording".into(),
+                    actual: format!("call {}", hook.name),
+                    hint: "the thread made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
+                    bad_recording: false,
+                },
+                true,
+            );
+        }
+        ffi::PyEval_SaveThread();
+        loop {
+            std::thread::park();
+        }
+    }
+}
+
+/// How long a thread waits for its turn with no other thread taking any, before saying so.
+const TURN_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits, without the GIL, until the schedule reaches `turn` (the other threads run
+/// meanwhile and take the turns before it). A long wait is reported once, then waited out:
+/// a thread computing for a long time between two schedule points is legitimate.
+///
+/// # Safety
+/// The GIL must be held; it is released during the wait and held again on return.
+unsafe fn wait_for_turn(hook: &'static Hook, turn: u64) {
+    // SAFETY: the GIL is held on entry, per the caller's guarantee; PyEval_SaveThread
+    // releases it and PyEval_RestoreThread takes it back for this same thread state.
+    unsafe {
+        let mut state = ffi::PyEval_SaveThread();
+        let mut warned = false;
+        while !crate::session::TURN.wait_for(turn, TURN_PATIENCE) {
+            if !warned {
+                warned = true;
+                ffi::PyEval_RestoreThread(state);
+                let stacks = all_stacks();
+                state = ffi::PyEval_SaveThread();
+                write_stderr(&format!(
+                    "retrace: replay: a thread waits at {} for schedule turn {turn}; no thread has reached its turn for {} s (turn {} is next)\nPython stacks:\n{stacks}\n",
+                    hook.name,
+                    TURN_PATIENCE.as_secs(),
+                    crate::session::TURN.current()
+                ));
+            }
+        }
+        ffi::PyEval_RestoreThread(state);
     }
 }
 
@@ -269,6 +351,18 @@ pub fn diverge_from_helper(d: Divergence) -> ! {
     let stack = unsafe {
         ffi::PyGILState_Ensure();
         flush_python_stdio();
+        all_stacks()
+    };
+    report_and_exit(d, &stack)
+}
+
+/// The Python stacks of every thread, separated by `--` lines.
+///
+/// # Safety
+/// The GIL must be held.
+unsafe fn all_stacks() -> String {
+    // SAFETY: walking the interpreter's thread states with the GIL held.
+    unsafe {
         let mut stacks = String::new();
         let mut tstate = ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get());
         while !tstate.is_null() {
@@ -280,8 +374,7 @@ pub fn diverge_from_helper(d: Divergence) -> ! {
             tstate = ffi::PyThreadState_Next(tstate);
         }
         stacks.trim_end_matches("  --\n").to_owned()
-    };
-    report_and_exit(d, &stack)
+    }
 }
 
 fn report_and_exit(d: Divergence, stack: &str) -> ! {

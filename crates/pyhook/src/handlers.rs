@@ -36,6 +36,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
                 || hook.digest(|| call.digest()),
                 || call.call_original(original),
             ),
+            Handler::Readiness => boundary(hook, || hook.digest(|| 0), || call.call_original(original)),
             Handler::DatetimeNow | Handler::DatetimeUtcNow => datetime_now(hook, call),
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),
@@ -48,6 +49,10 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Sqlite(op) => crate::sqlite::method(hook, op, call),
             Handler::Ssl => crate::sockets::ssl_method(hook, call),
             Handler::ForkExec => crate::children::fork_exec(hook, call),
+            Handler::Spawn => crate::children::posix_spawn(hook, call),
+            Handler::ThreadStart => crate::threads::start(hook, call),
+            Handler::ThreadSentinel => crate::threads::sentinel(hook, call),
+            Handler::Lock(op) => crate::threads::lock(hook, op, call),
             Handler::Wait => crate::children::wait(hook, call),
             Handler::System => crate::children::system(hook, call),
             Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
@@ -249,7 +254,7 @@ unsafe fn from_timestamp(cls: *mut ffi::PyObject, ns: i64, tz: Option<*mut ffi::
             ffi::Py_XDECREF(method);
             r
         } else if utc {
-            let f: crate::calls::NoArgsFn = (*def).ml_meth.PyCFunction;
+            let f: crate::calls::NoArgsFn = std::mem::transmute((*def).ml_meth.PyCFunction);
             f(cls, args)
         } else {
             let f: crate::calls::VarArgsKwFn = std::mem::transmute((*def).ml_meth.PyCFunction);

@@ -8,11 +8,12 @@
 
 use crate::calls::{Convention, FastFn, FastKwFn, InitFn, IterNextFn, MethodFastKwFn, NoArgsFn, VarArgsKwFn};
 use pyo3::ffi;
-use retrace_recorder::wire::FN_HAS_DIGEST;
+use retrace_recorder::wire::{FN_HAS_DIGEST, FN_SYNC};
 use crate::fileio::FileOp;
 use crate::osfd::FdOp;
 use crate::sockets::SockOp;
 use crate::sqlite::SqliteOp;
+use crate::threads::LockOp;
 use std::ffi::CString;
 use std::os::raw::c_void;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
@@ -38,6 +39,10 @@ pub enum Handler {
     /// As Generic, but live when the import system makes the call (it resolves `''` on
     /// `sys.path` with `os.getcwd()`, and must find modules where they are at replay).
     GenericExceptImports,
+    /// `poll.poll(timeout)`, `epoll.poll(timeout, maxevents)`: as Generic, but the
+    /// arguments (a timeout an event loop computes from what is ready, which another thread
+    /// may change just before) are not compared at replay.
+    Readiness,
     /// `datetime.now`: read the clock once, build with `fromtimestamp`.
     DatetimeNow,
     /// `datetime.utcnow`: read the clock once, build with `utcfromtimestamp`.
@@ -74,10 +79,19 @@ pub enum Handler {
     /// `_posixsubprocess.fork_exec`: a child's inherited stdout/stderr is captured (see
     /// `children.rs`).
     ForkExec,
+    /// `os.posix_spawn(p)`: as ForkExec.
+    Spawn,
     /// `os.waitpid`, `wait`, `wait4`: recorded with the output of the child reaped.
     Wait,
     /// `os.system`: recorded with the command's output to the inherited stdout/stderr.
     System,
+    /// `_thread.start_new_thread` / `start_joinable_thread` (see `threads.rs`).
+    ThreadStart,
+    /// `_thread._set_sentinel`: not recorded; the lock it makes is remembered (see
+    /// `threads.rs`).
+    ThreadSentinel,
+    /// A method of `_thread.lock` or `_thread.RLock`: a point of the thread schedule.
+    Lock(LockOp),
     /// `psycopg2`'s `connection.__init__`: libpq's socket is relayed and recorded (see `pg.rs`).
     PgConnect,
     /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
@@ -119,8 +133,18 @@ impl Hook {
         self.original.load(Ordering::Relaxed)
     }
 
+    /// Whether calls are points of the thread schedule (see `FN_SYNC`): everything but
+    /// reads of the process's own state, which must not cost a hand-off between threads.
+    pub fn is_sync(&self) -> bool {
+        !NOT_SCHEDULE_POINTS.contains(&self.name)
+    }
+
     /// Flags stored with the function's definition in the trace.
     pub fn fn_flags(&self) -> u8 {
+        self.digest_flag() | if self.is_sync() { FN_SYNC } else { 0 }
+    }
+
+    fn digest_flag(&self) -> u8 {
         let takes_args = match self.target {
             Target::Python | Target::Init => true,
             Target::IterNext => false,
@@ -139,9 +163,32 @@ impl Hook {
     /// The digest stored with this function's events: present exactly when its
     /// definition in the trace says so, which is what the reader relies on.
     pub fn digest(&self, compute: impl FnOnce() -> u32) -> Option<u32> {
-        (self.fn_flags() & FN_HAS_DIGEST != 0).then(compute)
+        (self.digest_flag() != 0).then(compute)
     }
 }
+
+/// Boundaries that read the process's own state (clocks, entropy, ids, the environment):
+/// replayed in their thread's order only.
+const NOT_SCHEDULE_POINTS: &[&str] = &[
+    "time.time", "time.time_ns", "time.monotonic", "time.monotonic_ns", "time.perf_counter",
+    "time.perf_counter_ns", "time.process_time", "time.process_time_ns", "time.thread_time",
+    "time.thread_time_ns", "time.clock_gettime", "time.clock_gettime_ns",
+    "datetime.datetime.now", "datetime.datetime.utcnow", "os.urandom", "os.getrandom",
+    "os.getpid", "os.getppid", "os.getcwd", "os.getcwdb", "random.Random.seed",
+    "random.Random.__init__", "os.environ[]", "os.environ.keys", "os.environ.__len__",
+    "os.getuid", "os.geteuid", "os.getgid", "os.getegid", "os.uname", "os.times",
+    "os.cpu_count", "os.getloadavg", "os.get_terminal_size", "time.localtime", "time.gmtime",
+    "time.ctime", "time.asctime", "time.strftime", "signal.getsignal",
+    "psycopg2.connection.get_dsn_parameters",
+];
+
+/// Hooks of functions that only some supported Python versions have.
+const OPTIONAL_HOOKS: &[&str] = &[
+    "_thread.start_joinable_thread",
+    "_thread.lock.acquire_lock",
+    "_thread.lock.release_lock",
+    "_thread._set_sentinel",
+];
 
 macro_rules! hook_table {
     ($( $id:ident => $name:literal, $module:literal, [$($attr:literal),+], $target:ident, $handler:expr; )*) => {
@@ -187,38 +234,38 @@ macro_rules! hook_table {
 
                 // SAFETY (all proxies): CPython calls these with the GIL held and the
                 // arguments of the convention the proxy was installed for.
-                pub unsafe extern "C" fn noargs(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn noargs(slf: *mut PyObject, arg: *mut PyObject) -> *mut PyObject {
                     // METH_NOARGS and METH_O share this signature; the installed
                     // convention tells them apart.
                     let call = if HOOKS[ID].is_o() { RawCall::O { slf, arg } } else { RawCall::NoArgs { slf, unused: arg } };
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], call) }
                 }
-                pub unsafe extern "C" fn varargs(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn varargs(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgs { slf, args }) }
                 }
-                pub unsafe extern "C" fn varargs_kw(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn varargs_kw(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgsKw { slf, args, kwargs }) }
                 }
-                pub unsafe extern "C" fn fast(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn fast(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::Fast { slf, args, nargs }) }
                 }
-                pub unsafe extern "C" fn fast_kw(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn fast_kw(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::FastKw { slf, args, nargs, kwnames }) }
                 }
-                pub unsafe extern "C" fn method_fast_kw(slf: *mut PyObject, cls: *mut PyTypeObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn method_fast_kw(slf: *mut PyObject, cls: *mut PyTypeObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::MethodFastKw { slf, cls, args, nargs, kwnames }) }
                 }
-                pub unsafe extern "C" fn init(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> c_int {
+                pub unsafe extern "C-unwind" fn init(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> c_int {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch_init(&HOOKS[ID], InitCall { slf, args, kwargs }) }
                 }
-                pub unsafe extern "C" fn iternext(slf: *mut PyObject) -> *mut PyObject {
+                pub unsafe extern "C-unwind" fn iternext(slf: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
                     unsafe { crate::handlers::dispatch_iternext(&HOOKS[ID], slf) }
                 }
@@ -312,8 +359,8 @@ hook_table! {
     os_wait => "os.wait", "posix", ["wait"], Method, Handler::Wait;
     os_wait4 => "os.wait4", "posix", ["wait4"], Method, Handler::Wait;
     os_kill => "os.kill", "posix", ["kill"], Method, Handler::Generic;
-    os_posix_spawn => "os.posix_spawn", "posix", ["posix_spawn"], Method, Handler::Generic;
-    os_posix_spawnp => "os.posix_spawnp", "posix", ["posix_spawnp"], Method, Handler::Generic;
+    os_posix_spawn => "os.posix_spawn", "posix", ["posix_spawn"], Method, Handler::Spawn;
+    os_posix_spawnp => "os.posix_spawnp", "posix", ["posix_spawnp"], Method, Handler::Spawn;
     os_getuid => "os.getuid", "posix", ["getuid"], Method, Handler::Generic;
     os_geteuid => "os.geteuid", "posix", ["geteuid"], Method, Handler::Generic;
     os_getgid => "os.getgid", "posix", ["getgid"], Method, Handler::Generic;
@@ -330,8 +377,8 @@ hook_table! {
     time_strftime => "time.strftime", "time", ["strftime"], Method, Handler::Generic;
     subprocess_fork_exec => "_posixsubprocess.fork_exec", "_posixsubprocess", ["fork_exec"], Method, Handler::ForkExec;
     select_select => "select.select", "select", ["select"], Method, Handler::Fd(FdOp::Select);
-    select_poll_poll => "select.poll.poll", "select", ["poll", "()", "poll"], Method, Handler::Generic;
-    select_epoll_poll => "select.epoll.poll", "select", ["epoll", "poll"], Method, Handler::Generic;
+    select_poll_poll => "select.poll.poll", "select", ["poll", "()", "poll"], Method, Handler::Readiness;
+    select_epoll_poll => "select.epoll.poll", "select", ["epoll", "poll"], Method, Handler::Readiness;
     socket_init => "socket.socket.__init__", "_socket", ["socket"], Init, Handler::SockInit;
     socket_accept => "socket.socket._accept", "_socket", ["socket", "_accept"], Method, Handler::Sock(SockOp::Accept);
     socket_bind => "socket.socket.bind", "_socket", ["socket", "bind"], Method, Handler::Sock(SockOp::Plain);
@@ -399,6 +446,22 @@ hook_table! {
     psycopg2_cancel => "psycopg2.connection.cancel", "psycopg2._psycopg", ["connection", "cancel"], Method, Handler::Generic;
     psycopg2_reset => "psycopg2.connection.reset", "psycopg2._psycopg", ["connection", "reset"], Method, Handler::Unsupported;
     psycopg2_get_dsn_parameters => "psycopg2.connection.get_dsn_parameters", "psycopg2._psycopg", ["connection", "get_dsn_parameters"], Method, Handler::Generic;
+    thread_start_new_thread => "_thread.start_new_thread", "_thread", ["start_new_thread"], Method, Handler::ThreadStart;
+    thread_start_joinable_thread => "_thread.start_joinable_thread", "_thread", ["start_joinable_thread"], Method, Handler::ThreadStart;
+    lock_acquire => "_thread.lock.acquire", "_thread", ["LockType", "acquire"], Method, Handler::Lock(LockOp::Acquire);
+    lock_acquire_lock => "_thread.lock.acquire_lock", "_thread", ["LockType", "acquire_lock"], Method, Handler::Lock(LockOp::Acquire);
+    lock_enter => "_thread.lock.__enter__", "_thread", ["LockType", "__enter__"], Method, Handler::Lock(LockOp::Acquire);
+    lock_release => "_thread.lock.release", "_thread", ["LockType", "release"], Method, Handler::Lock(LockOp::Other);
+    lock_release_lock => "_thread.lock.release_lock", "_thread", ["LockType", "release_lock"], Method, Handler::Lock(LockOp::Other);
+    lock_exit => "_thread.lock.__exit__", "_thread", ["LockType", "__exit__"], Method, Handler::Lock(LockOp::Other);
+    rlock_acquire => "_thread.RLock.acquire", "_thread", ["RLock", "acquire"], Method, Handler::Lock(LockOp::Acquire);
+    rlock_enter => "_thread.RLock.__enter__", "_thread", ["RLock", "__enter__"], Method, Handler::Lock(LockOp::Acquire);
+    rlock_release => "_thread.RLock.release", "_thread", ["RLock", "release"], Method, Handler::Lock(LockOp::Other);
+    rlock_exit => "_thread.RLock.__exit__", "_thread", ["RLock", "__exit__"], Method, Handler::Lock(LockOp::Other);
+    rlock_release_save => "_thread.RLock._release_save", "_thread", ["RLock", "_release_save"], Method, Handler::Lock(LockOp::Other);
+    rlock_acquire_restore => "_thread.RLock._acquire_restore", "_thread", ["RLock", "_acquire_restore"], Method, Handler::Lock(LockOp::Other);
+    thread_set_sentinel => "_thread._set_sentinel", "_thread", ["_set_sentinel"], Method, Handler::ThreadSentinel;
+    lock_locked => "_thread.lock.locked", "_thread", ["LockType", "locked"], Method, Handler::Lock(LockOp::Locked);
 }
 
 impl Hook {
@@ -423,6 +486,9 @@ pub unsafe fn install_module(name: &str, module: *mut ffi::PyObject) -> Vec<Stri
     for hook in HOOKS.iter().filter(|h| h.module == name && h.target != Target::Python) {
         // SAFETY: per the caller's guarantee.
         if let Err(why) = unsafe { install(hook, module) } {
+            if OPTIONAL_HOOKS.contains(&hook.name) && why.starts_with("cannot resolve") {
+                continue;
+            }
             warnings.push(format!("{} is not intercepted: {why}", hook.name));
         }
     }
@@ -518,7 +584,8 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
         }
         hook.convention.store(convention as u8 + 1, Ordering::Relaxed);
         hook.original.store(current, Ordering::Relaxed);
-        (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, NoArgsFn>(proxy) };
+        // The union's declared ABI is "C"; the proxy is "C-unwind" (see `install_slot`).
+        (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, ffi::PyCFunction>(proxy) };
         Ok(())
     }
 }
@@ -550,9 +617,12 @@ unsafe fn install_slot(hook: &'static Hook, obj: *mut ffi::PyObject, slot: Slot)
         }
         hook.convention.store(convention as u8 + 1, Ordering::Relaxed);
         hook.original.store(current, Ordering::Relaxed);
+        // The slots' declared ABI is "C"; our proxies are "C-unwind" (same calling
+        // convention) so that a thread ended by pthread_exit inside an original call (CPython
+        // does that to daemon threads at exit) unwinds through them instead of aborting.
         match slot {
-            Slot::Init => (*ty).tp_init = Some(hook.proxies.init),
-            Slot::IterNext => (*ty).tp_iternext = Some(hook.proxies.iternext),
+            Slot::Init => (*ty).tp_init = Some(std::mem::transmute::<crate::calls::InitFn, ffi::initproc>(hook.proxies.init)),
+            Slot::IterNext => (*ty).tp_iternext = Some(std::mem::transmute::<crate::calls::IterNextFn, ffi::iternextfunc>(hook.proxies.iternext)),
         }
         // Python subclasses call `Base.__init__(self, ...)` explicitly (socket.socket does),
         // which goes through the type's wrapper descriptor: it holds its own copy of the

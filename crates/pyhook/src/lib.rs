@@ -24,6 +24,7 @@ mod hooks;
 mod imports;
 mod session;
 mod signals;
+mod threads;
 
 use dispatch::{diverge, stop_recording, OWN_SOURCE_PREFIX};
 use hooks::{Target, HOOKS};

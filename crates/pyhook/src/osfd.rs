@@ -85,9 +85,27 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
                 _ => live(),
             },
             FdOp::Pipe => new_descriptors(hook, digest(), live, |index| FdKind::Pipe { write: index == 1 }),
-            FdOp::Select => select(hook, call, digest(), live),
+            // The timeout is left out of the digest: an event loop computes it from what is
+            // ready, which another thread may change just before (a race between boundary
+            // calls that does not change what the call returns at replay).
+            FdOp::Select => select(hook, call, hook.digest(|| digest_of_first(&call, 3)), live),
         }
     }
+}
+
+/// A digest of the first `n` positional arguments only.
+///
+/// # Safety
+/// GIL held; `call` live.
+pub unsafe fn digest_of_first(call: &RawCall, n: usize) -> u32 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3Default::new();
+    // SAFETY: per the caller's guarantee.
+    unsafe {
+        for &arg in call.positional().iter().take(n) {
+            crate::codec::digest_object(&mut hasher, arg, 0);
+        }
+    }
+    hasher.digest() as u32
 }
 
 /// The value of an exact int argument, as a descriptor.

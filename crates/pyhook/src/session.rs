@@ -8,9 +8,10 @@ use retrace_recorder::{
     ChunkEncoder, Event, EventRecord, Events, RecordedError, TraceReader, TraceWriter, Value,
 };
 use crate::fds::FdKind;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::os::raw::c_int;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Condvar, Mutex};
 
 pub const MODE_OFF: u8 = 0;
 pub const MODE_RECORD: u8 = 1;
@@ -62,21 +63,48 @@ impl Threads {
         Threads { last_id: u64::MAX, last_index: 0, by_id: None, gates: Vec::new() }
     }
 
-    /// The calling thread's index, assigned in the order threads first reach a hook.
+    /// The calling thread's index: the one given when it was started through `_thread`
+    /// (see `threads.rs`), or else assigned when it first reaches a hook.
     pub fn current(&mut self) -> u32 {
         // SAFETY: the GIL is held (we are inside GilCell::with), so the thread state is valid.
         let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
         if id == self.last_id {
             return self.last_index;
         }
-        let gates = &mut self.gates;
-        let index = *self.by_id.get_or_insert_with(HashMap::new).entry(id).or_insert_with(|| {
-            gates.push(0);
-            (gates.len() - 1) as u32
-        });
+        let index = match self.by_id.get_or_insert_with(HashMap::new).get(&id) {
+            Some(&index) => index,
+            None => {
+                let index = self.allocate();
+                self.by_id.get_or_insert_with(HashMap::new).insert(id, index);
+                index
+            }
+        };
         self.last_id = id;
         self.last_index = index;
         index
+    }
+
+    /// A new thread index.
+    pub fn allocate(&mut self) -> u32 {
+        self.gates.push(0);
+        (self.gates.len() - 1) as u32
+    }
+
+    /// Makes sure `index` exists (a replay learns indices from the recording).
+    pub fn reserve(&mut self, index: u32) {
+        if self.gates.len() <= index as usize {
+            self.gates.resize(index as usize + 1, 0);
+        }
+    }
+
+    /// Gives the calling thread the index its starter chose.
+    pub fn bind_current(&mut self, index: u32) {
+        self.reserve(index);
+        // SAFETY: as in `current`.
+        let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
+        self.by_id.get_or_insert_with(HashMap::new).insert(id, index);
+        self.last_id = id;
+        self.last_index = index;
     }
 
     /// True when the calling thread's calls pass through untouched.
@@ -153,18 +181,43 @@ pub enum Replayed {
 }
 
 /// What [`Replayer::take`] found: the call's outcome, or first a signal whose handler ran
-/// inside this call when recorded (the caller runs it, then takes again).
+/// inside this call when recorded (the caller runs it, then takes again), or that the call
+/// is a point of the thread schedule whose turn has not come (the caller waits for turn
+/// `.0` without the GIL, then takes again).
 pub enum Taken {
     Outcome(Replayed),
     SignalDuringCall(i32),
+    NotYourTurn(u64),
+    /// This (non-main) thread has no recorded events left although the recording goes on:
+    /// when recorded, the process ended while the thread was in this call.
+    Unfinished,
 }
 
+/// An event waiting in its thread's queue, with its place in the thread schedule when its
+/// fn is a schedule point (see `FN_SYNC`).
+struct Queued {
+    record: EventRecord,
+    turn: Option<u64>,
+}
+
+/// How far a replay reads ahead for a signal that ran between two calls of the main
+/// thread, before giving up (the handler then runs at the main thread's next call).
+const SIGNAL_LOOKAHEAD: usize = 4096;
+
+/// The replay's cursor. Events are dealt out to one queue per recorded thread as the trace
+/// is read; each thread takes its own events in order. Schedule points (FN_SYNC) are also
+/// numbered in trace order, and a thread takes one only when every earlier one has been
+/// taken: that is the recorded schedule, enforced.
 pub struct Replayer {
     events: Events<'static>,
     names: HashMap<u32, String>,
-    expected_thread: u32,
-    /// The next significant event, read ahead after each call (see `take`).
-    pending: Option<Result<Option<EventRecord>, Divergence>>,
+    sync_fns: HashSet<u32>,
+    queues: Vec<VecDeque<Queued>>,
+    /// Turns handed out to schedule points read so far.
+    turns_read: u64,
+    /// The trace is read to its end (or to a read error, kept here).
+    exhausted: bool,
+    read_error: Option<Divergence>,
     pub last_index: Option<u64>,
 }
 
@@ -175,7 +228,58 @@ pub struct Divergence {
     pub expected: String,
     pub actual: String,
     pub hint: &'static str,
+    /// The recording is at fault (exit 87), not the program.
     pub bad_recording: bool,
+}
+
+/// The schedule turn: how many schedule points have been taken. Read and waited on without
+/// the GIL by threads whose turn has not come.
+pub struct ScheduleTurn {
+    taken: AtomicU64,
+    waiters: Mutex<u32>,
+    advanced: Condvar,
+}
+
+pub static TURN: ScheduleTurn = ScheduleTurn { taken: AtomicU64::new(0), waiters: Mutex::new(0), advanced: Condvar::new() };
+
+impl ScheduleTurn {
+    pub fn current(&self) -> u64 {
+        self.taken.load(Ordering::Acquire)
+    }
+
+    fn advance(&self) {
+        self.taken.fetch_add(1, Ordering::AcqRel);
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if *waiters > 0 {
+            self.advanced.notify_all();
+        }
+    }
+
+    /// Blocks until turn `turn` comes. Called without the GIL. Returns false when no turn
+    /// was taken by anyone for `patience` (the caller says so, and waits again).
+    pub fn wait_for(&self, turn: u64, patience: std::time::Duration) -> bool {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        *waiters += 1;
+        let mut last = self.current();
+        let mut since = std::time::Instant::now();
+        let reached = loop {
+            let now = self.current();
+            if now >= turn {
+                break true;
+            }
+            if now != last {
+                last = now;
+                since = std::time::Instant::now();
+            }
+            let left = patience.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                break false;
+            }
+            waiters = self.advanced.wait_timeout(waiters, left.min(std::time::Duration::from_millis(250))).map(|(g, _)| g).unwrap_or_else(|e| e.into_inner().0);
+        };
+        *waiters -= 1;
+        reached
+    }
 }
 
 impl Replayer {
@@ -185,8 +289,11 @@ impl Replayer {
         Replayer {
             events: reader.events(),
             names: HashMap::new(),
-            expected_thread: 0,
-            pending: None,
+            sync_fns: HashSet::new(),
+            queues: Vec::new(),
+            turns_read: 0,
+            exhausted: false,
+            read_error: None,
             last_index: None,
         }
     }
@@ -195,108 +302,176 @@ impl Replayer {
         self.names.get(&id).cloned().unwrap_or_else(|| format!("fn#{id}"))
     }
 
-    /// The next event that a call (or the end of the program) must match, after
-    /// consuming definitions, thread markers and signal markers.
-    fn next_significant(&mut self, thread: u32) -> Result<Option<EventRecord>, Divergence> {
-        if let Some(ahead) = self.pending.take() {
-            return ahead;
+    /// Reads one event of the trace into its thread's queue. False at the end.
+    fn read_one(&mut self) -> bool {
+        if self.exhausted {
+            return false;
         }
-        loop {
-            let ev = match self.events.next() {
-                None => return Ok(None),
-                Some(Err(e)) => {
-                    return Err(Divergence {
-                        index: self.last_index.map(|i| i + 1),
-                        thread,
-                        expected: format!("a readable event ({e})"),
-                        actual: "the trace could not be read further".into(),
-                        hint: "the recording is damaged; record the program again",
-                        bad_recording: true,
-                    })
-                }
-                Some(Ok(ev)) => ev,
-            };
-            self.last_index = Some(ev.index);
-            match &ev.event {
-                Event::FnDef(def) => {
-                    self.names.insert(def.id, def.name.clone());
-                }
-                Event::Thread { thread: t } => self.expected_thread = *t,
-                Event::Signal { signum, during_call: false } => {
-                    // SAFETY: the GIL is held; this only trips CPython's pending-signal flag
-                    // so the program's handler runs at the next bytecode boundary, as it did.
-                    unsafe { ffi::PyErr_SetInterruptEx(*signum) };
-                }
-                _ => return Ok(Some(ev)),
+        let ev = match self.events.next() {
+            None => {
+                self.exhausted = true;
+                return false;
             }
+            Some(Err(e)) => {
+                self.exhausted = true;
+                self.read_error = Some(Divergence {
+                    index: self.last_index.map(|i| i + 1),
+                    thread: 0,
+                    expected: format!("a readable event ({e})"),
+                    actual: "the trace could not be read further".into(),
+                    hint: "the recording is damaged; record the program again",
+                    bad_recording: true,
+                });
+                return false;
+            }
+            Some(Ok(ev)) => ev,
+        };
+        self.last_index = Some(ev.index);
+        let turn = match &ev.event {
+            Event::FnDef(def) => {
+                self.names.insert(def.id, def.name.clone());
+                if def.is_sync() {
+                    self.sync_fns.insert(def.id);
+                }
+                return true;
+            }
+            Event::Thread { .. } | Event::ThreadStart { .. } | Event::ThreadExit { .. } => return true,
+            Event::End => {
+                self.exhausted = true;
+                return false;
+            }
+            Event::Call { fn_id, .. } | Event::Raise { fn_id, .. } if self.sync_fns.contains(fn_id) => {
+                self.turns_read += 1;
+                Some(self.turns_read - 1)
+            }
+            _ => None,
+        };
+        let thread = ev.thread as usize;
+        if self.queues.len() <= thread {
+            self.queues.resize_with(thread + 1, VecDeque::new);
         }
+        self.queues[thread].push_back(Queued { record: ev, turn });
+        true
+    }
+
+    /// Reads until `thread` has an event queued (or the trace ends, or `limit` events
+    /// were read). True when it has one.
+    fn fill(&mut self, thread: u32, limit: usize) -> bool {
+        let mut read = 0;
+        loop {
+            if self.queues.get(thread as usize).is_some_and(|q| !q.is_empty()) {
+                return true;
+            }
+            if read >= limit || !self.read_one() {
+                return false;
+            }
+            read += 1;
+        }
+    }
+
+    fn pop(&mut self, thread: u32) -> Option<Queued> {
+        self.queues.get_mut(thread as usize).and_then(VecDeque::pop_front)
     }
 
     /// Takes the recorded outcome of a call to `hook` with `digest` made by `thread`.
     pub fn take(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Taken, Divergence> {
         let taken = self.take_now(hook, digest, thread)?;
-        if matches!(taken, Taken::Outcome(_)) {
+        if matches!(taken, Taken::Outcome(_)) && thread == 0 {
             // Read ahead: a signal handler that ran between this call and the next must run
             // as soon as this call returns, not when the next call comes.
-            self.pending = Some(self.next_significant(thread));
+            if self.fill(0, SIGNAL_LOOKAHEAD) {
+                if let Some(Queued { record: EventRecord { event: Event::Signal { signum, during_call: false }, .. }, .. }) =
+                    self.queues[0].front()
+                {
+                    let signum = *signum;
+                    self.pop(0);
+                    // SAFETY: the GIL is held; this only trips CPython's pending-signal flag
+                    // so the program's handler runs at the next bytecode boundary, as it did.
+                    unsafe { ffi::PyErr_SetInterruptEx(signum) };
+                }
+            }
         }
         Ok(taken)
     }
 
     fn take_now(&mut self, hook: &Hook, digest: Option<u32>, thread: u32) -> Result<Taken, Divergence> {
         let actual = || describe_call(hook.name, digest);
-        let Some(ev) = self.next_significant(thread)? else {
-            return Err(Divergence {
-                index: self.last_index.map(|i| i + 1),
-                thread,
-                expected: "the end of the recording".into(),
-                actual: actual(),
-                hint: "the program made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
-                bad_recording: false,
-            });
-        };
-        if self.expected_thread != thread {
-            let expected = self.describe(&ev.event);
-            return Err(Divergence {
-                index: Some(ev.index),
-                thread,
-                expected: format!("{expected} on thread {}", self.expected_thread),
-                actual: format!("{} on thread {thread}", actual()),
-                hint: "threads reached their boundaries in another order than when recorded",
-                bad_recording: false,
-            });
-        }
-        match ev.event {
-            Event::Signal { signum, during_call: true } => Ok(Taken::SignalDuringCall(signum)),
-            Event::Call { fn_id, digest: d, result } if fn_id == hook.id && d == digest => {
-                Ok(Taken::Outcome(Replayed::Value(result)))
-            }
-            Event::Raise { fn_id, digest: d, error } if fn_id == hook.id && d == digest => {
-                Ok(Taken::Outcome(Replayed::Raise(Some(error))))
-            }
-            other => {
-                let expected = self.describe(&other);
-                Err(Divergence {
-                    index: Some(ev.index),
+        loop {
+            if !self.fill(thread, usize::MAX) {
+                if let Some(e) = self.read_error.take() {
+                    return Err(e);
+                }
+                if thread != 0 {
+                    return Ok(Taken::Unfinished);
+                }
+                return Err(Divergence {
+                    index: self.last_index.map(|i| i + 1),
                     thread,
-                    expected,
+                    expected: "the end of the recording".into(),
                     actual: actual(),
-                    hint: "the program took another path than when it was recorded: was its code or an unrecorded input changed?",
+                    hint: "the program made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
                     bad_recording: false,
-                })
+                });
             }
+            let front = &self.queues[thread as usize][0];
+            match front.record.event {
+                Event::Signal { signum, during_call: true } => {
+                    self.pop(thread);
+                    return Ok(Taken::SignalDuringCall(signum));
+                }
+                Event::Signal { signum, during_call: false } => {
+                    self.pop(thread);
+                    // SAFETY: the GIL is held; see `take`.
+                    unsafe { ffi::PyErr_SetInterruptEx(signum) };
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(turn) = front.turn {
+                if TURN.current() != turn {
+                    return Ok(Taken::NotYourTurn(turn));
+                }
+            }
+            let Some(Queued { record: ev, turn }) = self.pop(thread) else { continue };
+            let matched = match ev.event {
+                Event::Call { fn_id, digest: d, result } if fn_id == hook.id && d == digest => {
+                    Ok(Taken::Outcome(Replayed::Value(result)))
+                }
+                Event::Raise { fn_id, digest: d, error } if fn_id == hook.id && d == digest => {
+                    Ok(Taken::Outcome(Replayed::Raise(Some(error))))
+                }
+                other => {
+                    let expected = self.describe(&other);
+                    Err(Divergence {
+                        index: Some(ev.index),
+                        thread,
+                        expected,
+                        actual: actual(),
+                        hint: "the program took another path than when it was recorded: was its code or an unrecorded input changed?",
+                        bad_recording: false,
+                    })
+                }
+            };
+            if matched.is_ok() && turn.is_some() {
+                TURN.advance();
+            }
+            return matched;
         }
     }
 
-    /// At the program's end: the recording must have nothing left but its end marker.
+    /// At the program's end: the main thread's recording must be used up. Other threads may
+    /// have been stopped by the exit (daemon threads) with events left.
     pub fn check_finished(&mut self) -> Result<(), Divergence> {
-        match self.next_significant(self.expected_thread)? {
-            None => Ok(()),
-            Some(ev) if matches!(ev.event, Event::End) => Ok(()),
-            Some(ev) => Err(Divergence {
-                index: Some(ev.index),
-                thread: self.expected_thread,
-                expected: self.describe(&ev.event),
+        let left = if self.fill(0, usize::MAX) { self.pop(0) } else { None };
+        match left {
+            None => match self.read_error.take() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            },
+            Some(q) => Err(Divergence {
+                index: Some(q.record.index),
+                thread: 0,
+                expected: self.describe(&q.record.event),
                 actual: "the end of the program".into(),
                 hint: "the program ended earlier than when it was recorded: was its code or an unrecorded input changed?",
                 bad_recording: false,

@@ -41,18 +41,41 @@ pub fn in_call<R>(original: impl FnOnce() -> R) -> R {
 /// [`in_call`] for a caller that already knows whether it runs on the main thread (thread
 /// 0 is the thread that started the session, the main thread).
 pub fn in_call_on<R>(on_main: bool, original: impl FnOnce() -> R) -> R {
-    if !on_main {
-        return original();
-    }
-    struct Leave;
+    struct Leave(bool);
     impl Drop for Leave {
         fn drop(&mut self) {
-            MAIN_IN_CALL.fetch_sub(1, Ordering::Relaxed);
+            if self.0 {
+                MAIN_IN_CALL.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                OTHER_IN_CALL.with(|d| d.set(d.get().saturating_sub(1)));
+            }
         }
     }
-    MAIN_IN_CALL.fetch_add(1, Ordering::Relaxed);
-    let _leave = Leave;
+    if on_main {
+        MAIN_IN_CALL.fetch_add(1, Ordering::Relaxed);
+    } else {
+        OTHER_IN_CALL.with(|d| d.set(d.get() + 1));
+    }
+    let _leave = Leave(on_main);
     original()
+}
+
+thread_local! {
+    /// [`MAIN_IN_CALL`] for the other threads.
+    static OTHER_IN_CALL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// True while the calling thread is inside a boundary call: what runs then (an import the
+/// C function triggers, a signal handler) is part of that call, not a schedule point of
+/// its own.
+pub fn nested() -> bool {
+    // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
+    let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
+    if on_main {
+        MAIN_IN_CALL.load(Ordering::Relaxed) > 0
+    } else {
+        OTHER_IN_CALL.with(|d| d.get() > 0)
+    }
 }
 
 fn record_signal(py: Python<'_>, signum: c_int) {

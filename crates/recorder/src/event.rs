@@ -1,7 +1,7 @@
 //! Decoded events and values: what [`crate::TraceReader`] yields. The encoder side does not
 //! build these (it writes bytes directly); they exist for readers, tools and tests.
 
-use crate::wire::FN_HAS_DIGEST;
+use crate::wire::{FN_HAS_DIGEST, FN_SYNC};
 
 /// How a child process came to be (payload of a PROCESS event).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -45,6 +45,11 @@ impl FnDef {
     /// True when CALL and RAISE events of this fn carry an argument digest.
     pub fn has_digest(&self) -> bool {
         self.flags & FN_HAS_DIGEST != 0
+    }
+
+    /// True when calls of this fn are ordered across threads at replay (see `FN_SYNC`).
+    pub fn is_sync(&self) -> bool {
+        self.flags & FN_SYNC != 0
     }
 }
 

@@ -40,6 +40,10 @@ pub const OP_END: u8 = 0x0C;
 
 /// FN_DEF flag: CALL and RAISE events of this fn carry a u32 LE argument digest.
 pub const FN_HAS_DIGEST: u8 = 0x01;
+/// FN_DEF flag: calls of this fn are points of the thread schedule: a replay takes them in
+/// the recorded order across threads. Calls without it (clock reads, entropy...) are
+/// replayed in their thread's own order only, without waiting for other threads.
+pub const FN_SYNC: u8 = 0x02;
 
 // ---- values (tags) ----
 

@@ -1,0 +1,139 @@
+/**
+ * Concurrency: the thread schedule is recorded at its schedule points (locks and everything
+ * built on them, thread starts, sleeps, I/O) and enforced at replay. Each program is
+ * recorded once and replayed many times, offline: every replay must print exactly what the
+ * recording printed, although the interleaving when recorded came from real timing.
+ */
+import test, { type ExecutionContext } from "ava";
+import { assertReplaysLike, recordAndReplay, replayOffline, type RecordAndReplayResult } from "./helpers.js";
+
+const REPLAYS = 20;
+
+/** Replays `r` REPLAYS times (two at a time) and checks each against the recording. */
+async function replaysAlike(t: ExecutionContext, r: RecordAndReplayResult): Promise<void> {
+  t.is(r.record.code, 0, r.record.stderr);
+  assertReplaysLike(t, r.record, r.replay);
+  for (let i = 1; i < REPLAYS; i += 2) {
+    const pair = await Promise.all([replayOffline(r.recording, r.dir), replayOffline(r.recording, r.dir)]);
+    for (const replay of pair) assertReplaysLike(t, r.record, replay);
+  }
+}
+
+test("the threading family: Lock, RLock, Condition, Semaphore, Barrier, Event, Timer, local, Queue, ThreadPoolExecutor, daemon threads at exit", async (t) => {
+  const r = await recordAndReplay(`
+    import concurrent.futures, logging, queue, random, sys, threading, time
+    logging.basicConfig(stream=sys.stdout, format="%(threadName)s %(message)s", level=logging.INFO)
+    order, lock = [], threading.Lock()
+    def work(n):
+        time.sleep(random.random() / 100)
+        with lock:
+            order.append(n)
+        logging.info("done %d", n)
+        return n * n
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(work, i) for i in range(12)]
+        print([f.result() for f in concurrent.futures.as_completed(futures)])
+    print(order)
+    sem, barrier, local, seen = threading.Semaphore(2), threading.Barrier(3), threading.local(), []
+    rlock = threading.RLock()
+    def member(i):
+        local.name = "m%d" % i
+        with sem:
+            time.sleep(random.random() / 100)
+            with rlock, rlock:
+                seen.append(local.name)
+        barrier.wait()
+        seen.append(("after", local.name))
+    members = [threading.Thread(target=member, args=(i,)) for i in range(3)]
+    for m in members: m.start()
+    for m in members: m.join()
+    print(seen)
+    q, got = queue.Queue(), []
+    def producer():
+        for i in range(10):
+            time.sleep(random.random() / 500)
+            q.put(i)
+        q.put(None)
+    def consumer(name):
+        while (item := q.get()) is not None:
+            got.append((name, item))
+        q.put(None)
+    workers = [threading.Thread(target=producer)] + [threading.Thread(target=consumer, args=(n,)) for n in "xy"]
+    for w in workers: w.start()
+    for w in workers: w.join()
+    print(got)
+    cond, ready = threading.Condition(), []
+    def waiter(i):
+        with cond:
+            cond.wait_for(lambda: ready)
+            print("waiter", i, "woke", flush=True)
+    waiters = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
+    for w in waiters: w.start()
+    time.sleep(0.01)
+    with cond:
+        ready.append(1)
+        cond.notify_all()
+    for w in waiters: w.join()
+    event = threading.Event()
+    threading.Timer(0.01, lambda: (print("timer fired", flush=True), event.set())).start()
+    print("event", event.wait(5))
+    def forever():
+        while True:
+            time.sleep(0.001)
+    threading.Thread(target=forever, daemon=True).start()
+    time.sleep(0.02)
+    print("end, threads alive:", threading.active_count())
+  `);
+  t.regex(r.record.stdout, /^ThreadPoolExecutor-0_\d done \d+\n/);
+  t.regex(r.record.stdout, /timer fired\nevent True\nend, threads alive: 2\n$/);
+  await replaysAlike(t, r);
+});
+
+test("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server and client in the same process, run_coroutine_threadsafe", async (t) => {
+  const r = await recordAndReplay(`
+    import asyncio, random
+    async def worker(name, q, out):
+        while (item := await q.get()) is not None:
+            await asyncio.sleep(random.random() / 100)
+            out.append((name, item))
+    async def handle(reader, writer):
+        data = await reader.readline()
+        writer.write(data.upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    async def client(port, i):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello %d\\n" % i)
+        await writer.drain()
+        line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
+        return line.decode().strip()
+    async def main():
+        q, out = asyncio.Queue(), []
+        workers = [asyncio.create_task(worker("w%d" % i, q, out)) for i in range(3)]
+        for i in range(9):
+            await q.put(i)
+        for _ in workers:
+            await q.put(None)
+        await asyncio.gather(*workers)
+        print(out)
+        done = []
+        for next_done in asyncio.as_completed([asyncio.sleep(random.random() / 50, result=i) for i in range(5)]):
+            done.append(await next_done)
+        print(done)
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        print(await asyncio.gather(*(client(port, i) for i in range(4))))
+        server.close()
+        await server.wait_closed()
+        loop = asyncio.get_running_loop()
+        def in_thread():
+            return asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result="from a thread"), loop).result()
+        print(await loop.run_in_executor(None, in_thread))
+    asyncio.run(main())
+  `);
+  t.regex(r.record.stdout, /\['HELLO 0', 'HELLO 1', 'HELLO 2', 'HELLO 3'\]\nfrom a thread\n$/);
+  await replaysAlike(t, r);
+});

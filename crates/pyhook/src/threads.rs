@@ -1,0 +1,339 @@
+//! Threads: who is who, and the order in which they pass their schedule points.
+//!
+//! * **Identity.** A thread started through `_thread.start_new_thread` (and 3.13's
+//!   `start_joinable_thread`), which is how `threading.Thread` starts every thread, gets
+//!   its index from its starter: the start is recorded with the index it gave, and the
+//!   thread's function is wrapped in a [`ThreadEntry`] that binds the index in the new
+//!   thread before anything else runs. A replay binds the recorded index, so each thread
+//!   takes its own recorded events whatever order threads come up in.
+//! * **Locks.** `_thread.lock` and `_thread.RLock` (under every `threading` primitive:
+//!   Lock, RLock, Condition, Semaphore, Event, Barrier, `queue.Queue`, Thread.join before
+//!   3.13) are schedule points, except those of the import system and those used inside
+//!   another boundary call. A replay takes them in the recorded order across threads
+//!   and then really performs them, so the program's own synchronisation holds. An acquire
+//!   that failed when recorded (non-blocking, or timed out) fails again without trying.
+
+use crate::calls::RawCall;
+use crate::dispatch::{active_thread, record_with, replay_take};
+use crate::exceptions::raise_recorded;
+use crate::hooks::Hook;
+use crate::session::{mode, py, Replayed, MODE_RECORD, MODE_REPLAY, STATE};
+use pyo3::ffi;
+use retrace_recorder::Value;
+
+/// The locks `_thread._set_sentinel` made (3.11, 3.12): each is held by its thread's
+/// state and released by CPython, in C, when the thread ends; `Thread.join` waits on it.
+/// A blocking acquire (and the release after it) on such a lock is not a schedule point:
+/// its real counterpart, the thread's end, is not a recorded event, and the order in which a
+/// program joins its threads may follow a set of `Thread` objects, whose order depends on
+/// addresses. It just waits for the thread, at replay as when recorded. A non-blocking
+/// acquire (`is_alive()`) is a schedule point: its answer depends on timing.
+static SENTINELS: std::sync::Mutex<Option<std::collections::HashSet<usize>>> = std::sync::Mutex::new(None);
+
+fn is_sentinel(lock: *mut ffi::PyObject) -> bool {
+    SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.contains(&(lock as usize)))
+}
+
+/// Called when a sentinel lock dies: its address may be reused by another lock.
+unsafe extern "C-unwind" fn forget_sentinel(address: *mut ffi::PyObject, _weakref: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: `address` is the int made in `sentinel`; this only reads it.
+    unsafe {
+        let key = ffi::PyLong_AsSize_t(address);
+        if let Some(set) = SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            set.remove(&key);
+        }
+        ffi::PyErr_Clear();
+        crate::codec::new_ref(ffi::Py_None())
+    }
+}
+
+struct ForgetDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
+// SAFETY: never written after its static initialisation; CPython only reads it.
+unsafe impl Sync for ForgetDef {}
+
+static FORGET_DEF: ForgetDef = ForgetDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
+    ml_name: c"forget_sentinel".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
+        PyCFunction: unsafe {
+            std::mem::transmute::<
+                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
+                ffi::PyCFunction,
+            >(forget_sentinel)
+        },
+    },
+    ml_flags: ffi::METH_O,
+    ml_doc: std::ptr::null(),
+}));
+
+/// `_thread._set_sentinel()`: not a boundary (it makes a lock); the lock is remembered.
+///
+/// # Safety
+/// Called through a method proxy with the GIL held.
+pub unsafe fn sentinel(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract; the weak reference's callback is a builtin
+    // function bound to the lock's address as an int.
+    unsafe {
+        let lock = call.call_original(hook.original());
+        if lock.is_null() || !matches!(mode(), MODE_RECORD | MODE_REPLAY) {
+            return lock;
+        }
+        let address = ffi::PyLong_FromSize_t(lock as usize);
+        let callback = if address.is_null() { address } else { ffi::PyCFunction_NewEx(FORGET_DEF.0.get(), address, std::ptr::null_mut()) };
+        ffi::Py_XDECREF(address);
+        let weak = if callback.is_null() { callback } else { ffi::PyWeakref_NewRef(lock, callback) };
+        ffi::Py_XDECREF(callback);
+        if weak.is_null() {
+            // Without a way to forget it, the lock stays an ordinary one.
+            ffi::PyErr_Clear();
+            return lock;
+        }
+        // The weak reference must live as long as the lock: it is kept (leaked) on purpose,
+        // one small object per thread started.
+        SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(lock as usize);
+        lock
+    }
+}
+
+/// `threading`'s own bookkeeping of thread ends (`_delete`, `_stop`...): a thread's end is
+/// not a recorded event (CPython ends it in C), so ordering this bookkeeping against the
+/// other threads' schedule points could deadlock a replay whose threads are joined in
+/// another order (`ThreadPoolExecutor` joins a `set` of threads, ordered by address).
+const THREADING_INTERNALS: &[&[u8]] = &[b"_delete", b"_stop", b"_set_tstate_lock", b"_maintain_shutdown_locks", b"_bootstrap_inner", b"_shutdown"];
+
+/// Lock operations that are not schedule points, by their caller: the import system's
+/// module locks (imports happen where modules are first needed, which a replay may shift: a
+/// C call that imported a codec when recorded is not run again) and `threading`'s thread-end
+/// bookkeeping ([`THREADING_INTERNALS`]).
+///
+/// # Safety
+/// GIL held.
+unsafe fn unscheduled_caller() -> bool {
+    // SAFETY: the current thread's frame (borrowed) and its code object's attributes.
+    unsafe {
+        let frame = ffi::PyEval_GetFrame();
+        if frame.is_null() {
+            return false;
+        }
+        let code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+        let text = |name: &std::ffi::CStr| {
+            let v = ffi::PyObject_GetAttrString(code, name.as_ptr());
+            if v.is_null() {
+                ffi::PyErr_Clear();
+            }
+            v
+        };
+        let filename = text(c"co_filename");
+        let file = if filename.is_null() { None } else { crate::codec::utf8_of(filename) };
+        let unscheduled = match file {
+            Some(f) if f.starts_with(b"<frozen importlib") || f.starts_with(b"<frozen zipimport") => true,
+            Some(f) if f.ends_with(b"/threading.py") => {
+                let name = text(c"co_name");
+                let internal = !name.is_null() && crate::codec::utf8_of(name).is_some_and(|n| THREADING_INTERNALS.contains(&n));
+                ffi::Py_XDECREF(name);
+                internal
+            }
+            _ => false,
+        };
+        ffi::Py_XDECREF(filename);
+        ffi::Py_DECREF(code);
+        unscheduled
+    }
+}
+
+/// `acquire(blocking=True, timeout=-1)` called so that it waits.
+///
+/// # Safety
+/// GIL held; `call` live.
+unsafe fn waits(call: &RawCall) -> bool {
+    // SAFETY: reads of live argument objects; conversion errors are cleared.
+    unsafe {
+        let positional = call.positional();
+        let blocking = positional.first().copied().or_else(|| call.keyword("blocking"));
+        let timeout = positional.get(1).copied().or_else(|| call.keyword("timeout"));
+        let blocking = blocking.is_none_or(|b| {
+            let r = ffi::PyObject_IsTrue(b);
+            ffi::PyErr_Clear();
+            r != 0
+        });
+        let timeout = timeout.map_or(-1.0, |t| {
+            let v = ffi::PyFloat_AsDouble(t);
+            ffi::PyErr_Clear();
+            v
+        });
+        blocking && timeout != 0.0
+    }
+}
+
+/// What a lock hook does.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LockOp {
+    /// `acquire`, `__enter__`: recorded as whether it got the lock.
+    Acquire,
+    /// `release`, `__exit__`, and RLock's `_release_save` / `_acquire_restore` (Condition's
+    /// helpers): performed at replay too, their real result returned.
+    Other,
+    /// `locked()`: a read of timing-dependent state, replayed from the recording.
+    Locked,
+}
+
+/// The function a started thread runs, wrapped: a builtin function whose `self` is
+/// `(index, function)`; it binds the thread's index, then calls the function.
+///
+/// It is a raw C function, not a PyO3 method: it stays on the thread's stack for the
+/// thread's whole life, and CPython ends daemon threads at exit with `pthread_exit`, whose
+/// unwinding must pass through it (PyO3's trampolines would abort the process). Nor is it
+/// Python code, which would show in the program's tracebacks.
+unsafe extern "C-unwind" fn thread_entry(slf: *mut ffi::PyObject, args: *mut ffi::PyObject, kwargs: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this with the GIL held, `slf` the `(index, function)` tuple made
+    // in `wrap_entry`, `args` a tuple and `kwargs` a dict or NULL.
+    unsafe {
+        let index = ffi::PyLong_AsUnsignedLong(ffi::PyTuple_GET_ITEM(slf, 0));
+        if let Ok(index) = u32::try_from(index) {
+            STATE.with(py(), |s| s.threads.bind_current(index));
+        }
+        ffi::PyErr_Clear();
+        ffi::PyObject_Call(ffi::PyTuple_GET_ITEM(slf, 1), args, kwargs)
+    }
+}
+
+struct EntryDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
+// SAFETY: never written after its static initialisation; CPython only reads it.
+unsafe impl Sync for EntryDef {}
+
+static ENTRY_DEF: EntryDef = EntryDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
+    ml_name: c"thread_entry".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
+        PyCFunctionWithKeywords: unsafe {
+            std::mem::transmute::<
+                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
+                ffi::PyCFunctionWithKeywords,
+            >(thread_entry)
+        },
+    },
+    ml_flags: ffi::METH_VARARGS | ffi::METH_KEYWORDS,
+    ml_doc: std::ptr::null(),
+}));
+
+/// `function` wrapped for the thread of index `index` (a new reference, or NULL with an
+/// exception set).
+///
+/// # Safety
+/// GIL held; `function` live.
+unsafe fn wrap_entry(index: u32, function: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: per the caller's guarantee; the method definition is static and immutable.
+    unsafe {
+        let def = ENTRY_DEF.0.get();
+        let state = ffi::Py_BuildValue(c"(IO)".as_ptr(), index as std::os::raw::c_uint, function);
+        if state.is_null() {
+            return state;
+        }
+        let entry = ffi::PyCFunction_NewEx(def, state, std::ptr::null_mut());
+        ffi::Py_DECREF(state);
+        entry
+    }
+}
+
+/// `_thread.start_new_thread(function, ...)`, `_thread.start_joinable_thread(function, ...)`.
+///
+/// # Safety
+/// Called through a method proxy with the GIL held.
+pub unsafe fn start(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let original = hook.original();
+        let positional = call.positional();
+        if positional.is_empty() || active_thread().is_none() || !matches!(mode(), MODE_RECORD | MODE_REPLAY) || crate::signals::nested() {
+            return call.call_original(original);
+        }
+        let py = py();
+        let digest = hook.digest(|| 0);
+        let index = if mode() == MODE_RECORD {
+            let Some(index) = STATE.with(py, |s| s.threads.allocate()) else {
+                return call.call_original(original);
+            };
+            // Recorded before the thread exists: the new thread's own events come after.
+            record_with(hook, |rec| {
+                rec.enc.call(hook.id, digest);
+                rec.enc.int(index.into());
+            });
+            index
+        } else {
+            match replay_take(hook, digest) {
+                Replayed::Value(Value::Int(index)) if (0..=u32::MAX.into()).contains(&index) => {
+                    let index = index as u32;
+                    STATE.with(py, |s| s.threads.reserve(index));
+                    index
+                }
+                Replayed::Raise(e) => {
+                    raise_recorded(&e);
+                    return std::ptr::null_mut();
+                }
+                Replayed::Value(_) => crate::handlers::bad_value(hook),
+            }
+        };
+        let entry = wrap_entry(index, positional[0]);
+        if entry.is_null() {
+            return entry;
+        }
+        let mut args = positional.to_vec();
+        args[0] = entry;
+        let result = call.call_with_positional(&args, original);
+        ffi::Py_DECREF(entry);
+        result
+    }
+}
+
+/// A method of `_thread.lock` or `_thread.RLock`.
+///
+/// # Safety
+/// Called through a method proxy with the GIL held.
+pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let original = hook.original();
+        if active_thread().is_none() || crate::signals::nested() || unscheduled_caller() {
+            return call.call_original(original);
+        }
+        if is_sentinel(call.slf()) && (op != LockOp::Acquire || waits(&call)) {
+            return call.call_original(original);
+        }
+        // Releases are compared by name only: RLock's saved state holds a thread ident.
+        let digest = hook.digest(|| if op == LockOp::Acquire { call.digest() } else { 0 });
+        match mode() {
+            MODE_RECORD => {
+                let result = crate::signals::in_call(|| call.call_original(original));
+                if result.is_null() {
+                    crate::dispatch::record_outcome(hook, digest, result);
+                } else {
+                    // Only whether an acquire got the lock matters; RLock's saved state holds
+                    // a thread ident, which is not the replay's.
+                    let answer = result == ffi::Py_True();
+                    record_with(hook, |rec| {
+                        rec.enc.call(hook.id, digest);
+                        if op == LockOp::Other {
+                            rec.enc.none();
+                        } else {
+                            rec.enc.bool(answer);
+                        }
+                    });
+                }
+                result
+            }
+            MODE_REPLAY => match replay_take(hook, digest) {
+                Replayed::Raise(e) => {
+                    raise_recorded(&e);
+                    std::ptr::null_mut()
+                }
+                Replayed::Value(Value::Bool(answer)) if op == LockOp::Locked => crate::codec::new_ref(if answer { ffi::Py_True() } else { ffi::Py_False() }),
+                Replayed::Value(Value::Bool(false)) if op == LockOp::Acquire => crate::codec::new_ref(ffi::Py_False()),
+                // Our turn: the recorded order makes the lock free now, so a blocking
+                // acquire (whatever timeout the program gave) gets it at once.
+                Replayed::Value(_) if op == LockOp::Acquire => call.call_bare(original),
+                Replayed::Value(_) => call.call_original(original),
+            },
+            _ => call.call_original(original),
+        }
+    }
+}
