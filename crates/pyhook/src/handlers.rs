@@ -44,6 +44,7 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::File(op) => crate::fileio::method(hook, op, call),
             Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
+            Handler::SocketPair => crate::sockets::socketpair(hook, call),
             Handler::Scandir => crate::dirs::scandir(hook, call),
             Handler::SignalSet => crate::signals::set(hook, call),
             Handler::Sqlite(op) => crate::sqlite::method(hook, op, call),

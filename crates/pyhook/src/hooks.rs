@@ -62,6 +62,8 @@ pub enum Handler {
     Fd(FdOp),
     /// `_socket.socket.__init__`.
     SockInit,
+    /// `_socket.socketpair` (see `sockets.rs`).
+    SocketPair,
     /// A method of a tracked socket.
     Sock(SockOp),
     /// `os.scandir` (see `dirs.rs`).
@@ -462,6 +464,11 @@ hook_table! {
     rlock_acquire_restore => "_thread.RLock._acquire_restore", "_thread", ["RLock", "_acquire_restore"], Method, Handler::Lock(LockOp::Other);
     thread_set_sentinel => "_thread._set_sentinel", "_thread", ["_set_sentinel"], Method, Handler::ThreadSentinel;
     lock_locked => "_thread.lock.locked", "_thread", ["LockType", "locked"], Method, Handler::Lock(LockOp::Locked);
+    socket_socketpair => "socket.socketpair", "_socket", ["socketpair"], Method, Handler::SocketPair;
+    simplequeue_get => "queue.SimpleQueue.get", "_queue", ["SimpleQueue", "get"], Method, Handler::Lock(LockOp::Take);
+    simplequeue_get_nowait => "queue.SimpleQueue.get_nowait", "_queue", ["SimpleQueue", "get_nowait"], Method, Handler::Lock(LockOp::Take);
+    simplequeue_put => "queue.SimpleQueue.put", "_queue", ["SimpleQueue", "put"], Method, Handler::Lock(LockOp::Other);
+    simplequeue_put_nowait => "queue.SimpleQueue.put_nowait", "_queue", ["SimpleQueue", "put_nowait"], Method, Handler::Lock(LockOp::Other);
 }
 
 impl Hook {

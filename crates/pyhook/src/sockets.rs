@@ -126,6 +126,76 @@ pub unsafe fn init(hook: &'static Hook, call: InitCall) -> c_int {
     }
 }
 
+/// `_socket.socketpair(family, type, proto)`: two connected sockets made in C, so not
+/// through `__init__`. Both become tracked descriptors (their traffic is recorded, and at
+/// replay they are stand-ins at the recorded numbers). An event loop's self-pipe is one:
+/// a thread's wake-up write is then a schedule point the loop's `poll` comes after.
+///
+/// # Safety
+/// Called through a method proxy with the GIL held.
+pub unsafe fn socketpair(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let original = hook.original();
+        if !(matches!(mode(), MODE_RECORD | MODE_REPLAY) && is_active()) {
+            return call.call_original(original);
+        }
+        let digest = hook.digest(|| call.digest());
+        if mode() == MODE_RECORD {
+            let result = crate::signals::in_call(|| call.call_original(original));
+            if result.is_null() || ffi::PyTuple_Check(result) == 0 || ffi::PyTuple_GET_SIZE(result) != 2 {
+                record_outcome(hook, digest, result);
+                return result;
+            }
+            let (a, b) = (ffi::PyTuple_GET_ITEM(result, 0), ffi::PyTuple_GET_ITEM(result, 1));
+            let kind = socket_kind(a);
+            let (fd_a, fd_b) = (fd_field(a), fd_field(b));
+            track(fd_a, kind);
+            track(fd_b, kind);
+            let FdKind::Socket { family, kind, proto } = kind else { return result };
+            record_with(hook, |rec| {
+                rec.enc.call(hook.id, digest);
+                rec.enc.tuple(5);
+                for v in [fd_a, fd_b, family, kind, proto] {
+                    rec.enc.int(i64::from(v));
+                }
+            });
+            return result;
+        }
+        match replay_take(hook, digest) {
+            Replayed::Raise(e) => {
+                raise_recorded(&e);
+                std::ptr::null_mut()
+            }
+            Replayed::Value(Value::Tuple(items)) if items.len() == 5 => {
+                let ints: Vec<c_int> = items.iter().map(|v| if let Value::Int(i) = v { *i as c_int } else { -1 }).collect();
+                let (family, kind, proto) = (ints[2], ints[3], ints[4]);
+                let socket_type = ffi::PyObject_GetAttrString(call.slf(), c"socket".as_ptr());
+                if socket_type.is_null() {
+                    return socket_type;
+                }
+                let pair = ffi::PyTuple_New(2);
+                for (i, &fd) in ints[..2].iter().enumerate() {
+                    if let Err(why) = materialize(fd, FdKind::Socket { family, kind, proto }) {
+                        stand_in_failed(hook, &why);
+                    }
+                    // socket(family, type, proto, fileno): adopts the stand-in, still tracked.
+                    let sock = ffi::PyObject_CallFunction(socket_type, c"iiii".as_ptr(), family, kind, proto, fd);
+                    if sock.is_null() {
+                        ffi::Py_DECREF(pair);
+                        ffi::Py_DECREF(socket_type);
+                        return sock;
+                    }
+                    ffi::PyTuple_SET_ITEM(pair, i as ffi::Py_ssize_t, sock);
+                }
+                ffi::Py_DECREF(socket_type);
+                pair
+            }
+            Replayed::Value(_) => crate::handlers::bad_value(hook),
+        }
+    }
+}
+
 /// A method of a socket object.
 ///
 /// # Safety

@@ -175,6 +175,10 @@ pub enum LockOp {
     Other,
     /// `locked()`: a read of timing-dependent state, replayed from the recording.
     Locked,
+    /// `SimpleQueue.get`: when it got an item (recorded as such, not the item), a replay
+    /// takes one for real, blocking: the recorded order makes one available. When it
+    /// raised `Empty`, it raises again without trying.
+    Take,
 }
 
 /// The function a started thread runs, wrapped: a builtin function whose `self` is
@@ -300,7 +304,7 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
             return call.call_original(original);
         }
         // Releases are compared by name only: RLock's saved state holds a thread ident.
-        let digest = hook.digest(|| if op == LockOp::Acquire { call.digest() } else { 0 });
+        let digest = hook.digest(|| if matches!(op, LockOp::Acquire | LockOp::Take) { call.digest() } else { 0 });
         match mode() {
             MODE_RECORD => {
                 let result = crate::signals::in_call(|| call.call_original(original));
@@ -312,7 +316,7 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
                     let answer = result == ffi::Py_True();
                     record_with(hook, |rec| {
                         rec.enc.call(hook.id, digest);
-                        if op == LockOp::Other {
+                        if matches!(op, LockOp::Other | LockOp::Take) {
                             rec.enc.none();
                         } else {
                             rec.enc.bool(answer);
@@ -330,7 +334,7 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
                 Replayed::Value(Value::Bool(false)) if op == LockOp::Acquire => crate::codec::new_ref(ffi::Py_False()),
                 // Our turn: the recorded order makes the lock free now, so a blocking
                 // acquire (whatever timeout the program gave) gets it at once.
-                Replayed::Value(_) if op == LockOp::Acquire => call.call_bare(original),
+                Replayed::Value(_) if matches!(op, LockOp::Acquire | LockOp::Take) => call.call_bare(original),
                 Replayed::Value(_) => call.call_original(original),
             },
             _ => call.call_original(original),
