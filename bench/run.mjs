@@ -4,59 +4,54 @@
 //
 //   npm run bench                 # all workloads, 5 rounds
 //   node bench/run.mjs --rounds 9 --only clock
+//   node bench/run.mjs --only clock,urandom,socket
 //
-// Results are printed as a table and written to bench/results/latest.json.
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync, readdirSync } from 'node:fs';
-import { tmpdir, cpus } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+// Results are printed as a table and written to bench/results/latest.json. BENCHMARKS.md
+// explains each figure and gives the last measurements.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { hookEnv, instructions, programs, root, stats, timed, traceBytes } from './common.mjs';
+import { INCUMBENT_PACKAGE, INCUMBENT_VERSION, incumbentRecord, incumbentReplay, probeIncumbent, setupIncumbent } from './incumbent.mjs';
+import { readerThroughput } from './reader.mjs';
 
-const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const WORKLOADS = [
+  'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions',
+  'compute', 'compute-instructions', 'flask', 'startup', 'reader', 'incumbent',
+];
+
 const cli = join(root, 'dist', 'cli.js');
-const bootDir = join(root, 'python', 'retrace', '_boot');
-const programs = join(root, 'bench', 'programs');
-
 const argv = process.argv.slice(2);
 const option = (name, fallback) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
 const rounds = Number(option('--rounds', '5'));
-const only = option('--only', null);
+const only = option('--only', null)?.split(',') ?? null;
+for (const name of only ?? []) {
+  if (!WORKLOADS.includes(name)) {
+    process.stderr.write(`bench: unknown workload ${name}\nhint: one of ${WORKLOADS.join(', ')}\n`);
+    process.exit(2);
+  }
+}
+const selected = (name) => !only || only.includes(name);
 const clockCalls = Number(option('--clock-calls', '2000000'));
+const urandomCalls = Number(option('--urandom-calls', '500000'));
+const socketTrips = Number(option('--socket-trips', '50000'));
 const computeSteps = Number(option('--compute-steps', '150000'));
+const flaskRequests = Number(option('--flask-requests', '200'));
+const readerEvents = Number(option('--reader-events', '1000000'));
+// The incumbent costs tens of microseconds per intercepted call: fewer calls keep it to
+// seconds per run; the figures are per call, so the counts need not match ours.
+const incumbentCalls = Number(option('--incumbent-calls', '40000'));
 
 // The real interpreter, not a pyenv shim (a shim adds ~12 ms to every start).
 const python = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'], { encoding: 'utf8' }).stdout.trim();
+const pythonVersion = spawnSync(python, ['-c', 'import sys; print(sys.version.split()[0])'], { encoding: 'utf8' }).stdout.trim();
 const scratch = mkdtempSync(join(tmpdir(), 'retrace-bench-'));
 let counter = 0;
 
-function timed(cmd, args, env = process.env) {
-  const started = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' });
-  const ms = Number(process.hrtime.bigint() - started) / 1e6;
-  if (r.status !== 0) {
-    throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}: ${r.stderr}`);
-  }
-  return { ms, stdout: r.stdout };
-}
-
-// Launching with the boot environment directly: what the CLI does, without Node's start-up.
-function hookEnv(mode, dir) {
-  const seed = 12345;
-  return {
-    ...process.env,
-    PYTHONPATH: bootDir,
-    PYTHONHASHSEED: String(seed),
-    __RETRACE_BOOT: JSON.stringify({ mode, dir, boot_dir: bootDir, pythonpath: null, hashseed_injected: true, hashseed: seed }),
-  };
-}
-
 function freshDir() {
   return join(scratch, `rec-${counter++}`);
-}
-
-function traceBytes(dir) {
-  const traceDir = join(dir, 'trace');
-  return readdirSync(traceDir).reduce((n, f) => n + statSync(join(traceDir, f)).size, 0);
 }
 
 /** Runs `script args` plain, recorded and replayed; returns wall-clock ms for each. */
@@ -70,36 +65,99 @@ function threeWays(script, args) {
   return { plain, recorded, replayed, bytes };
 }
 
-function stats(values) {
-  const sorted = [...values].sort((a, b) => a - b);
-  return { min: sorted[0], median: sorted[Math.floor(sorted.length / 2)], max: sorted[sorted.length - 1] };
-}
+const results = {
+  machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, python, pythonVersion },
+  rounds,
+  workloads: {},
+  incumbent: null,
+  fidelity: null,
+};
 
-const results = { machine: { cpus: cpus().length, model: cpus()[0]?.model, node: process.version, python }, rounds, workloads: {} };
+/**
+ * Records bench/programs/fidelity.py, changes its data file (outside /tmp) and an
+ * environment variable, replays it, and compares its lines: `replayed` when the replay printed
+ * what the recording did, else both values (an input the recorder did not capture).
+ */
+function fidelity(record, replay) {
+  const dataDir = join(root, '.retrace-bench');
+  mkdirSync(dataDir, { recursive: true });
+  const data = join(dataDir, 'fidelity-data.txt');
+  const args = [join(programs, 'fidelity.py'), data];
+  writeFileSync(data, 'contents at record time\n');
+  const recorded = record(args, { ...process.env, BENCH_FIDELITY_VAR: 'value at record time' });
+  writeFileSync(data, 'contents changed after recording\n');
+  const replayed = replay(args, { ...process.env, BENCH_FIDELITY_VAR: 'value at replay time' });
+  rmSync(data, { force: true });
+  const a = recorded.trim().split('\n');
+  const b = replayed.trim().split('\n');
+  const out = {};
+  a.forEach((line, i) => {
+    const label = FIDELITY_LABELS.find((l) => line.startsWith(`${l} `)) ?? line;
+    out[label] = line === b[i] ? 'replayed' : `differs: record ${JSON.stringify(line.slice(label.length + 1))}, replay ${JSON.stringify((b[i] ?? '').slice(label.length + 1))}`;
+  });
+  return out;
+}
+const FIDELITY_LABELS = [
+  'time.time', 'os.urandom', 'random.random (module-level generator)', 'random.Random()', 'uuid.uuid4',
+  'datetime.now', 'hash of a str', 'os.getpid', 'env var', 'data file outside /tmp',
+];
 
 function report(name, unit, values, extra = {}) {
   results.workloads[name] = { unit, ...stats(values), samples: values, ...extra };
 }
 
-if (!only || only === 'clock') {
-  // Cost per intercepted time.time(): (recorded(N) - recorded(0)) - (plain(N) - plain(0)), / N.
-  const perCall = [];
-  const replayPerCall = [];
-  const bytesPerEvent = [];
-  for (let i = 0; i < rounds; i++) {
-    const base = threeWays(join(programs, 'clock_loop.py'), ['0']);
-    const loop = threeWays(join(programs, 'clock_loop.py'), [String(clockCalls)]);
-    const plainLoop = loop.plain - base.plain;
-    perCall.push((((loop.recorded - base.recorded) - plainLoop) * 1e6) / clockCalls);
-    replayPerCall.push((((loop.replayed - base.replayed) - plainLoop) * 1e6) / clockCalls);
-    bytesPerEvent.push((loop.bytes - base.bytes) / clockCalls);
-  }
-  report('clock: ns added per time.time() (record)', 'ns', perCall);
-  report('clock: ns added per time.time() (replay)', 'ns', replayPerCall);
-  report('clock: trace bytes per time.time() event', 'bytes', bytesPerEvent, { calls: clockCalls });
+/** A figure that cannot be measured yet: printed and written as such, never as a number. */
+function placeholder(name, unit, status) {
+  results.workloads[name] = { unit, status };
 }
 
-if (!only || only === 'compute') {
+/**
+ * Cost per intercepted call: (recorded(N) - recorded(0)) - (plain(N) - plain(0)), divided by
+ * the number of calls; start-up cancels out. Also the replay's, and trace bytes per call.
+ */
+function perCall(label, program, iterations, callsPerIteration) {
+  const calls = iterations * callsPerIteration;
+  const record = [];
+  const replay = [];
+  const replayVsRecord = [];
+  const bytesPerCall = [];
+  for (let i = 0; i < rounds; i++) {
+    const base = threeWays(join(programs, program), ['0']);
+    const loop = threeWays(join(programs, program), [String(iterations)]);
+    const plainLoop = loop.plain - base.plain;
+    record.push((((loop.recorded - base.recorded) - plainLoop) * 1e6) / calls);
+    replay.push((((loop.replayed - base.replayed) - plainLoop) * 1e6) / calls);
+    replayVsRecord.push((loop.replayed - base.replayed) / (loop.recorded - base.recorded));
+    bytesPerCall.push((loop.bytes - base.bytes) / calls);
+  }
+  report(`${label}: ns added per call (record)`, 'ns', record, { calls });
+  report(`${label}: ns added per call (replay)`, 'ns', replay, { calls });
+  report(`${label}: replay / record time`, 'ratio', replayVsRecord, { calls });
+  report(`${label}: trace bytes per call`, 'bytes', bytesPerCall, { calls });
+}
+
+/** Instructions added per intercepted call under callgrind, recorded and replayed. */
+function perCallInstructions(label, program, iterations, callsPerIteration) {
+  const calls = iterations * callsPerIteration;
+  const count = (n, env) => instructions(python, [join(programs, program), String(n)], env);
+  const plain = count(iterations, process.env) - count(0, process.env);
+  const dirs = [freshDir(), freshDir()];
+  const recorded = count(iterations, hookEnv('record', dirs[0])) - count(0, hookEnv('record', dirs[1]));
+  const replayed = count(iterations, hookEnv('replay', dirs[0])) - count(0, hookEnv('replay', dirs[1]));
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  report(`${label}: instructions added per call (record)`, 'instr', [(recorded - plain) / calls], { calls, plainPerCall: plain / calls });
+  report(`${label}: instructions added per call (replay)`, 'instr', [(replayed - plain) / calls], { calls, plainPerCall: plain / calls });
+}
+
+if (selected('clock')) perCall('clock: time.time()', 'clock_loop.py', clockCalls, 1);
+if (selected('clock-instructions')) perCallInstructions('clock: time.time()', 'clock_loop.py', 200000, 1);
+if (selected('urandom')) perCall('urandom: os.urandom(16)', 'urandom_loop.py', urandomCalls, 1);
+if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(16)', 'urandom_loop.py', 100000, 1);
+// A round trip is 4 intercepted calls: send, recv, send, recv.
+if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);
+if (selected('socket-instructions')) perCallInstructions('socket: loopback send/recv', 'socket_loop.py', 10000, 4);
+
+if (selected('compute')) {
   const recordRatio = [];
   const replayRatio = [];
   for (let i = 0; i < rounds; i++) {
@@ -111,37 +169,11 @@ if (!only || only === 'compute') {
   report('compute-bound: replayed / plain', 'ratio', replayRatio, { steps: computeSteps });
 }
 
-if (!only || only === 'clock-instructions') {
-  // Instructions added per intercepted time.time(), under callgrind: stable where the
-  // nanosecond figure above swings with the VM's noise.
-  const calls = 200000;
-  const count = (n, env) => {
-    const r = spawnSync('valgrind', ['--tool=callgrind', '--callgrind-out-file=/dev/null', python, join(programs, 'clock_loop.py'), String(n)], {
-      env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const m = /Collected : (\d+)/.exec(r.stderr ?? '');
-    if (r.status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${r.stderr || r.error}`);
-    return Number(m[1]);
-  };
-  const plain = count(calls, process.env) - count(0, process.env);
-  const dirs = [freshDir(), freshDir()];
-  const recorded = count(calls, hookEnv('record', dirs[0])) - count(0, hookEnv('record', dirs[1]));
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  report('clock: instructions added per time.time() (record)', 'instr', [(recorded - plain) / calls], { calls, plainPerCall: plain / calls });
-}
-
-if (!only || only === 'compute-instructions') {
+if (selected('compute-instructions')) {
   // Wall time on these VMs varies by +-12% between identical runs; instruction counts under
   // callgrind do not, so they show a few-percent overhead that wall time cannot.
   const steps = Math.max(1, Math.floor(computeSteps / 8));
-  const count = (env) => {
-    const r = spawnSync('valgrind', ['--tool=callgrind', '--callgrind-out-file=/dev/null', python, join(programs, 'compute.py'), String(steps)], {
-      env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    const m = /Collected : (\d+)/.exec(r.stderr ?? '');
-    if (r.status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${r.stderr || r.error}`);
-    return Number(m[1]);
-  };
+  const count = (env) => instructions(python, [join(programs, 'compute.py'), String(steps)], env);
   const plain = count(process.env);
   const dir = freshDir();
   const recorded = count(hookEnv('record', dir));
@@ -151,50 +183,62 @@ if (!only || only === 'compute-instructions') {
   report('compute-bound instructions: replayed / plain', 'ratio', [replayed / plain], { steps, plain, replayed });
 }
 
-if (!only || only === 'flask') {
-  // N requests to a Flask + sqlite app from a client that is not recorded (this process).
-  const requests = Number(option('--flask-requests', '200'));
-  const { spawn } = await import('node:child_process');
-  const { createServer } = await import('node:net');
-  const freePort = () => new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
+const freePort = () => new Promise((resolve) => {
+  const server = createServer().listen(0, '127.0.0.1', () => {
+    const { port } = server.address();
+    server.close(() => resolve(port));
   });
-  /** Runs the app (with `env`) and serves it `requests` requests; resolves to ms. */
-  const serve = async (env) => {
-    const port = await freePort();
-    const started = process.hrtime.bigint();
-    const child = spawn(python, [join(programs, 'flask_app.py'), String(port), String(requests)], { env, stdio: ['ignore', 'pipe', 'ignore'] });
-    await new Promise((resolve) => child.stdout.on('data', (c) => String(c).includes('ready') && resolve()));
-    for (let i = 0; i < requests; i++) {
-      const res = await fetch(`http://127.0.0.1:${port}/orders/${i}`);
-      await res.text();
-    }
-    await new Promise((resolve) => child.on('exit', resolve));
-    return { ms: Number(process.hrtime.bigint() - started) / 1e6, port };
-  };
-  /** Replays with the recorded arguments (no client: the requests are in the recording). */
-  const replay = (dir, port) => timed(python, [join(programs, 'flask_app.py'), String(port), String(requests)], hookEnv('replay', dir)).ms;
-  const recordRatio = [];
-  const replayRatio = [];
-  const bytesPerRequest = [];
-  for (let i = 0; i < rounds; i++) {
-    const plain = (await serve(process.env)).ms;
-    const dir = freshDir();
-    const recorded = await serve(hookEnv('record', dir));
-    recordRatio.push(recorded.ms / plain);
-    bytesPerRequest.push(traceBytes(dir) / requests);
-    replayRatio.push(replay(dir, recorded.port) / plain);
-    rmSync(dir, { recursive: true, force: true });
+});
+
+/**
+ * Starts the Flask app (`cmd prefix... flask_app.py port N`) and serves it N requests from
+ * this process (a client that is not recorded); resolves to ms and the port it used.
+ */
+async function serveFlask(cmd, prefix, env) {
+  const port = await freePort();
+  const started = process.hrtime.bigint();
+  const child = spawn(cmd, [...prefix, join(programs, 'flask_app.py'), String(port), String(flaskRequests)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (c) => { stderr += c; });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  await Promise.race([
+    new Promise((resolve) => child.stdout.on('data', (c) => String(c).includes('ready') && resolve())),
+    exited.then((code) => { throw new Error(`flask_app.py exited ${code} before it was ready: ${stderr.slice(-2000)}`); }),
+  ]);
+  for (let i = 0; i < flaskRequests; i++) {
+    const res = await fetch(`http://127.0.0.1:${port}/orders/${i}`);
+    await res.text();
   }
-  report('flask request loop: recorded / plain', 'ratio', recordRatio, { requests });
-  report('flask request loop: replayed / plain', 'ratio', replayRatio, { requests });
-  report('flask request loop: trace bytes per request', 'bytes', bytesPerRequest, { requests });
+  const code = await exited;
+  if (code !== 0) throw new Error(`flask_app.py exited ${code}: ${stderr.slice(-2000)}`);
+  return { ms: Number(process.hrtime.bigint() - started) / 1e6, port };
 }
 
-if (!only || only === 'startup') {
+if (selected('flask')) {
+  // Replays with the recorded arguments (no client: the requests are in the recording).
+  const replay = (dir, port) => timed(python, [join(programs, 'flask_app.py'), String(port), String(flaskRequests)], hookEnv('replay', dir)).ms;
+  const recordRatio = [];
+  const replayRatio = [];
+  const replayVsRecord = [];
+  const bytesPerRequest = [];
+  for (let i = 0; i < rounds; i++) {
+    const plain = (await serveFlask(python, [], process.env)).ms;
+    const dir = freshDir();
+    const recorded = await serveFlask(python, [], hookEnv('record', dir));
+    recordRatio.push(recorded.ms / plain);
+    bytesPerRequest.push(traceBytes(dir) / flaskRequests);
+    const replayed = replay(dir, recorded.port);
+    replayRatio.push(replayed / plain);
+    replayVsRecord.push(replayed / recorded.ms);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  report('flask request loop: recorded / plain', 'ratio', recordRatio, { requests: flaskRequests });
+  report('flask request loop: replayed / plain', 'ratio', replayRatio, { requests: flaskRequests });
+  report('flask request loop: replay / record time', 'ratio', replayVsRecord, { requests: flaskRequests });
+  report('flask request loop: trace bytes per request', 'bytes', bytesPerRequest, { requests: flaskRequests });
+}
+
+if (selected('startup')) {
   const viaCli = [];
   const viaHook = [];
   for (let i = 0; i < rounds + 4; i++) {
@@ -210,17 +254,145 @@ if (!only || only === 'startup') {
   }
   report('start-up added: retrace record (CLI, Node included)', 'ms', viaCli);
   report('start-up added: recording hook alone (no CLI)', 'ms', viaHook);
+  // The env-var hook (`retrace install-hook`: a .pth in the environment that starts
+  // recording when an environment variable asks for it) does not exist yet.
+  placeholder('start-up added: env-var hook installed, off', 'ms', 'not built yet (`retrace install-hook`)');
+}
+
+if (selected('reader')) {
+  for (const r of await readerThroughput({ python, scratch, events: readerEvents, iterations: Math.max(3, rounds) })) {
+    report(`reader, ${r.trace}: ${r.way}`, 'events/s', r.eventsPerSecond, { events: r.events, traceBytes: r.traceBytes, jsonlBytes: r.jsonlBytes });
+  }
+}
+
+if (selected('incumbent')) {
+  const inc = setupIncumbent(python);
+  results.incumbent = {
+    package: `${INCUMBENT_PACKAGE}==${INCUMBENT_VERSION}`,
+    installs: probeIncumbent(),
+    ...(inc.ok ? { python: inc.python, pythonVersion: inc.pythonVersion } : { error: inc.reason }),
+    workloads: {},
+  };
+  const incReport = (name, unit, values, extra = {}) => {
+    results.incumbent.workloads[name] = { unit, ...stats(values), samples: values, ...extra };
+  };
+  if (!inc.ok) {
+    process.stderr.write(`bench: the incumbent did not install on ${pythonVersion}: ${inc.reason}\n`);
+  } else {
+    const file = () => join(scratch, `inc-${counter++}.retrace`);
+    // One run of `program n`: plain (the venv's python, same interpreter), recorded, replayed.
+    const three = (program, n) => {
+      const args = [join(programs, program), String(n)];
+      const plain = timed(inc.python, args).ms;
+      const f = file();
+      const recorded = incumbentRecord(inc, f, args).ms;
+      const bytes = statSync(f).size;
+      const replayed = incumbentReplay(inc, f).ms;
+      rmSync(f, { force: true });
+      return { plain, recorded, replayed, bytes };
+    };
+    const incPerCall = (label, program, iterations, callsPerIteration) => {
+      const calls = iterations * callsPerIteration;
+      const record = [];
+      const replay = [];
+      const bytesPerCall = [];
+      for (let i = 0; i < rounds; i++) {
+        const base = three(program, 0);
+        const loop = three(program, iterations);
+        const plainLoop = loop.plain - base.plain;
+        record.push((((loop.recorded - base.recorded) - plainLoop) * 1e6) / calls);
+        replay.push((((loop.replayed - base.replayed) - plainLoop) * 1e6) / calls);
+        bytesPerCall.push((loop.bytes - base.bytes) / calls);
+      }
+      incReport(`${label}: ns added per call (record)`, 'ns', record, { calls });
+      incReport(`${label}: ns added per call (replay)`, 'ns', replay, { calls });
+      incReport(`${label}: trace bytes per call`, 'bytes', bytesPerCall, { calls });
+    };
+    incPerCall('clock: time.time()', 'clock_loop.py', incumbentCalls, 1);
+    incPerCall('urandom: os.urandom(16)', 'urandom_loop.py', incumbentCalls, 1);
+    incPerCall('socket: loopback send/recv', 'socket_loop.py', Math.max(1, Math.floor(incumbentCalls / 4)), 4);
+
+    const recordRatio = [];
+    const replayRatio = [];
+    for (let i = 0; i < rounds; i++) {
+      const r = three('compute.py', computeSteps);
+      recordRatio.push(r.recorded / r.plain);
+      replayRatio.push(r.replayed / r.plain);
+    }
+    incReport('compute-bound: recorded / plain', 'ratio', recordRatio, { steps: computeSteps });
+    incReport('compute-bound: replayed / plain', 'ratio', replayRatio, { steps: computeSteps });
+
+    const flaskRecord = [];
+    const flaskReplay = [];
+    const flaskBytes = [];
+    for (let i = 0; i < rounds; i++) {
+      const plain = (await serveFlask(inc.python, [], process.env)).ms;
+      const f = file();
+      const recorded = await serveFlask(inc.python, ['-m', 'retracesoftware', '--recording', f, '--'], process.env);
+      flaskRecord.push(recorded.ms / plain);
+      flaskBytes.push(statSync(f).size / flaskRequests);
+      flaskReplay.push(incumbentReplay(inc, f).ms / plain);
+      rmSync(f, { force: true });
+    }
+    incReport('flask request loop: recorded / plain', 'ratio', flaskRecord, { requests: flaskRequests });
+    incReport('flask request loop: replayed / plain', 'ratio', flaskReplay, { requests: flaskRequests });
+    incReport('flask request loop: trace bytes per request', 'bytes', flaskBytes, { requests: flaskRequests });
+
+    const startup = [];
+    for (let i = 0; i < rounds + 4; i++) {
+      const plain = timed(inc.python, ['-c', 'pass']).ms;
+      const f = file();
+      startup.push(incumbentRecord(inc, f, ['-c', 'pass']).ms - plain);
+      rmSync(f, { force: true });
+    }
+    incReport('start-up added: python -m retracesoftware --recording', 'ms', startup);
+
+    const dir = freshDir();
+    results.fidelity = {
+      retrace: fidelity(
+        (args, env) => timed(python, args, { ...hookEnv('record', dir), BENCH_FIDELITY_VAR: env.BENCH_FIDELITY_VAR }).stdout,
+        (args, env) => timed(python, args, { ...hookEnv('replay', dir), BENCH_FIDELITY_VAR: env.BENCH_FIDELITY_VAR }).stdout,
+      ),
+    };
+    rmSync(dir, { recursive: true, force: true });
+    const f = file();
+    results.fidelity.incumbent = fidelity(
+      (args, env) => incumbentRecord(inc, f, args, env).stdout,
+      (args, env) => incumbentReplay(inc, f, env).stdout,
+    );
+    rmSync(f, { force: true });
+  }
 }
 
 rmSync(scratch, { recursive: true, force: true });
 mkdirSync(join(root, 'bench', 'results'), { recursive: true });
-writeFileSync(join(root, 'bench', 'results', 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+writeFileSync(join(root, 'bench', 'results', 'latest.json'), `${JSON.stringify(results, null, 2)}\n`);
 
 const fmt = (v, unit) =>
-  unit === 'ratio' ? v.toFixed(3) : Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3);
-process.stdout.write(`machine: ${results.machine.cpus} cpus, ${results.machine.model}; ${python}; ${rounds} rounds\n`);
-process.stdout.write(`${'workload'.padEnd(56)} ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}  unit\n`);
-for (const [name, r] of Object.entries(results.workloads)) {
-  process.stdout.write(`${name.padEnd(56)} ${fmt(r.min, r.unit).padStart(8)} ${fmt(r.median, r.unit).padStart(8)} ${fmt(r.max, r.unit).padStart(8)}  ${r.unit}\n`);
+  unit === 'ratio' ? v.toFixed(3)
+    : unit === 'events/s' ? `${(v / 1e6).toFixed(2)}M`
+      : Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toFixed(3);
+const table = (title, workloads) => {
+  process.stdout.write(`${title.padEnd(64)} ${'min'.padStart(8)} ${'median'.padStart(8)} ${'max'.padStart(8)}  unit\n`);
+  for (const [name, r] of Object.entries(workloads)) {
+    const cells = r.status !== undefined
+      ? r.status
+      : `${fmt(r.min, r.unit).padStart(8)} ${fmt(r.median, r.unit).padStart(8)} ${fmt(r.max, r.unit).padStart(8)}  ${r.unit}`;
+    process.stdout.write(`${name.padEnd(64)} ${cells}\n`);
+  }
+};
+process.stdout.write(`machine: ${results.machine.cpus} cpus, ${results.machine.model}; ${python} (${pythonVersion}); ${rounds} rounds\n`);
+table('retrace', results.workloads);
+if (results.incumbent) {
+  process.stdout.write(`\nincumbent ${results.incumbent.package}: installs on ${JSON.stringify(results.incumbent.installs)}\n`);
+  if (results.incumbent.error) process.stdout.write(`incumbent did not run: ${results.incumbent.error}\n`);
+  else table(`incumbent (${results.incumbent.pythonVersion})`, results.incumbent.workloads);
+}
+if (results.fidelity) {
+  process.stdout.write(`\n${'input (bench/programs/fidelity.py)'.padEnd(40)} ${'retrace'.padEnd(10)} incumbent\n`);
+  for (const label of FIDELITY_LABELS) {
+    const cell = (v) => (v === 'replayed' ? 'replayed' : v === undefined ? '-' : 'NOT replayed');
+    process.stdout.write(`${label.padEnd(40)} ${cell(results.fidelity.retrace[label]).padEnd(10)} ${cell(results.fidelity.incumbent?.[label])}\n`);
+  }
 }
 process.stderr.write('retrace: results written to bench/results/latest.json\n');

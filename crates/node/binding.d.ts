@@ -50,11 +50,17 @@ export interface EventBatch {
   elapsedNs: Float64Array
   /**
    * Where the main value is: a wire value tag (0 None, 1 False, 2 True, 3 int in `num`,
-   * 5 float in `num`), 0xFE (the next entry of `extra`), or 0xFF (no value).
+   * 5 float in `num`, 9 bytes in `bytes`), 0xFE (the next entry of `extra`), or 0xFF (no
+   * value).
    */
   vtag: Uint8Array
-  /** Numeric main value for `vtag` 3 and 5. */
+  /**
+   * Numeric main value for `vtag` 3 and 5; for `vtag` 9, the end offset of the event's
+   * bytes in `bytes` (they start where the previous `vtag` 9 event's end, or at 0).
+   */
   num: Float64Array
+  /** The main values of `vtag` 9 events, back to back in event order. */
+  bytes: Uint8Array
   /**
    * JSON array with one entry per event whose `vtag` is 0xFE, in event order; null when
    * there is none. Encoding: see `write_value` and `write_payload` in crates/node.

@@ -1,9 +1,10 @@
 //! Node.js binding over [`retrace_recorder::TraceReader`]: thin types, no logic.
 //!
 //! Events cross into JavaScript in columnar batches (see [`EventBatch`]): one typed array per
-//! field instead of one JS object per event, and one JSON string for the payloads that do
-//! not fit a number (strings, bytes, containers, exceptions, ...). `ts/trace.ts` turns a
-//! batch into event objects lazily.
+//! field instead of one JS object per event, one byte array for main values that are bytes
+//! (what `os.urandom`, `recv`, `read` return), and one JSON string for the payloads that fit
+//! neither (strings, containers, exceptions, ...). `ts/trace.ts` turns a batch into event
+//! objects lazily.
 
 #![deny(clippy::all)]
 
@@ -27,6 +28,8 @@ const TAG_FALSE: u8 = 0x01;
 const TAG_TRUE: u8 = 0x02;
 const TAG_INT: u8 = 0x03;
 const TAG_FLOAT: u8 = 0x05;
+/// Value tag of bytes, carried in the `bytes` column.
+const TAG_BYTES: u8 = 0x09;
 /// `flags` bit: the event carries an argument digest.
 const FLAG_DIGEST: u8 = 0x01;
 /// Largest integer a JS number holds exactly.
@@ -71,10 +74,14 @@ pub struct EventBatch {
     /// Nanoseconds since trace start at which the event's chunk began.
     pub elapsed_ns: Float64Array,
     /// Where the main value is: a wire value tag (0 None, 1 False, 2 True, 3 int in `num`,
-    /// 5 float in `num`), 0xFE (the next entry of `extra`), or 0xFF (no value).
+    /// 5 float in `num`, 9 bytes in `bytes`), 0xFE (the next entry of `extra`), or 0xFF (no
+    /// value).
     pub vtag: Uint8Array,
-    /// Numeric main value for `vtag` 3 and 5.
+    /// Numeric main value for `vtag` 3 and 5; for `vtag` 9, the end offset of the event's
+    /// bytes in `bytes` (they start where the previous `vtag` 9 event's end, or at 0).
     pub num: Float64Array,
+    /// The main values of `vtag` 9 events, back to back in event order.
+    pub bytes: Uint8Array,
     /// JSON array with one entry per event whose `vtag` is 0xFE, in event order; null when
     /// there is none. Encoding: see `write_value` and `write_payload` in crates/node.
     pub extra: Option<String>,
@@ -100,6 +107,7 @@ struct Columns {
     elapsed_ns: Vec<f64>,
     vtag: Vec<u8>,
     num: Vec<f64>,
+    bytes: Vec<u8>,
     extra: String,
     extra_count: usize,
 }
@@ -117,6 +125,7 @@ impl Columns {
             elapsed_ns: Vec::with_capacity(n),
             vtag: Vec::with_capacity(n),
             num: Vec::with_capacity(n),
+            bytes: Vec::new(),
             extra: String::new(),
             extra_count: 0,
         }
@@ -139,6 +148,10 @@ impl Columns {
                 self.push_scalar(TAG_INT, *v as f64)
             }
             Value::Float(v) => self.push_scalar(TAG_FLOAT, *v),
+            Value::Bytes(b) => {
+                self.bytes.extend_from_slice(b);
+                self.push_scalar(TAG_BYTES, self.bytes.len() as f64)
+            }
             other => {
                 self.push_scalar(VTAG_EXTRA, 0.0);
                 self.begin_extra();
@@ -215,6 +228,7 @@ impl Columns {
             elapsed_ns: Float64Array::new(self.elapsed_ns),
             vtag: Uint8Array::new(self.vtag),
             num: Float64Array::new(self.num),
+            bytes: Uint8Array::new(self.bytes),
             extra,
             done,
             error: error.map(|e| e.to_string()),
@@ -705,11 +719,15 @@ mod tests {
         columns.push_value(&Value::Int(-7));
         columns.push_value(&Value::Int(i64::MAX));
         columns.push_value(&Value::Str("s".to_owned()));
+        columns.push_value(&Value::Bytes(b"ab".to_vec()));
+        columns.push_value(&Value::Bytes(b"cde".to_vec()));
         assert_eq!(
             columns.vtag,
-            vec![TAG_FLOAT, TAG_INT, VTAG_EXTRA, VTAG_EXTRA]
+            vec![TAG_FLOAT, TAG_INT, VTAG_EXTRA, VTAG_EXTRA, TAG_BYTES, TAG_BYTES]
         );
         assert_eq!(columns.num[..2], [2.5, -7.0]);
+        assert_eq!(columns.num[4..], [2.0, 5.0]);
+        assert_eq!(columns.bytes, b"abcde");
         assert_eq!(columns.extra, "[[\"x\",\"7fffffffffffffff\"],\"s\"");
     }
 }

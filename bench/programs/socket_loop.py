@@ -1,0 +1,26 @@
+# N ping-pong round trips of a 32-byte message over a TCP connection on loopback, both ends
+# in this program: each round trip is 4 intercepted calls (send, recv, send, recv). The
+# cost of one call is the difference between the recorded and the plain run, divided by
+# 4N (N=0 measures start-up and the connection set-up). At replay no socket reaches the
+# network: the received bytes come from the trace.
+import socket
+import sys
+
+n = int(sys.argv[1])
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+client = socket.create_connection(listener.getsockname())
+server, _ = listener.accept()
+client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+ping = b"p" * 32
+pong = b"q" * 32
+for _ in range(n):
+    client.send(ping)
+    got = server.recv(64)
+    server.send(pong)
+    got = client.recv(64)
+client.close()
+server.close()
+listener.close()
