@@ -218,6 +218,23 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 handler_raised |= unsafe { ffi::PyErr_SetInterruptEx(signum) == 0 && ffi::PyErr_CheckSignals() < 0 };
                 continue;
             }
+            Some(Ok(Taken::Callback { handle, args })) => {
+                // C called the program back inside this call when recorded: the program's
+                // callable runs now, with the recorded arguments (see `sqlite.rs`).
+                // SAFETY: the GIL is held; our state is not borrowed while it runs.
+                unsafe { crate::sqlite::replay_callback(handle, &args) };
+                let returned = STATE.with(py, |s| {
+                    let thread = s.threads.current();
+                    match &mut s.session {
+                        Session::Replaying(rep) => Some(rep.take_callback_return(thread)),
+                        _ => None,
+                    }
+                });
+                if let Some(Err(divergence)) = returned.flatten() {
+                    diverge(divergence, true);
+                }
+                continue;
+            }
             Some(Ok(Taken::Outcome(replayed))) => replayed,
             Some(Err(divergence)) => diverge(divergence, true),
             None => diverge(

@@ -157,6 +157,9 @@ pub enum Replayed {
 pub enum Taken {
     Outcome(Replayed),
     SignalDuringCall(i32),
+    /// C called back into Python during this call when recorded (a sqlite3 user function,
+    /// trace callback...): the caller runs the callback, takes its return, then takes again.
+    Callback { handle: u32, args: Value },
 }
 
 pub struct Replayer {
@@ -268,6 +271,7 @@ impl Replayer {
         }
         match ev.event {
             Event::Signal { signum, during_call: true } => Ok(Taken::SignalDuringCall(signum)),
+            Event::CallbackEnter { handle, args } => Ok(Taken::Callback { handle, args }),
             Event::Call { fn_id, digest: d, result } if fn_id == hook.id && d == digest => {
                 Ok(Taken::Outcome(Replayed::Value(result)))
             }
@@ -285,6 +289,22 @@ impl Replayer {
                     bad_recording: false,
                 })
             }
+        }
+    }
+
+    /// The end of a callback replayed inside a call: the recorded CALLBACK_RETURN must be
+    /// next, or the callback took another path than when recorded.
+    pub fn take_callback_return(&mut self, thread: u32) -> Result<Value, Divergence> {
+        match self.next_significant(thread)? {
+            Some(EventRecord { event: Event::CallbackReturn { result }, .. }) if self.expected_thread == thread => Ok(result),
+            other => Err(Divergence {
+                index: other.as_ref().map(|ev| ev.index).or(self.last_index.map(|i| i + 1)),
+                thread,
+                expected: other.map(|ev| self.describe(&ev.event)).unwrap_or_else(|| "the end of the recording".into()),
+                actual: "the end of a callback (a Python callable called by a C library)".into(),
+                hint: "the callback made other boundary calls than when it was recorded: was its code or an unrecorded input changed?",
+                bad_recording: false,
+            }),
         }
     }
 
