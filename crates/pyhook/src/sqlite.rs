@@ -200,11 +200,27 @@ pub unsafe fn method(hook: &'static Hook, op: SqliteOp, call: RawCall) -> *mut f
 unsafe fn execute(hook: &'static Hook, op: SqliteOp, call: RawCall, digest: Option<u32>) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
+        let py = py();
+        let many = hook.name.ends_with("executemany");
+        let params = if hook.name.ends_with("executescript") { None } else { call.positional().get(1).copied() };
+        let params = params.map(|p| Bound::from_borrowed_ptr(py, p));
         if mode() == MODE_RECORD {
-            // The cursor picks its converters while the statement runs: it gets marks.
-            let swapped = swap_converters();
-            let cursor = crate::signals::in_call(|| call.call_original(hook.original()));
-            restore_converters(swapped);
+            // The cursor picks its converters while the statement runs, and the parameters
+            // are adapted then: both get marks, and the parameter sets are followed.
+            let swapped = swap_marks(c"converters", true);
+            let swapped_adapters = swap_marks(c"adapters", false);
+            let param_iter = if many { params.as_ref().and_then(|p| p.try_iter().ok()) } else { None };
+            let saved = PARAMS.with(|p| p.replace(Params { set: if many { None } else { params.as_ref().map(|p| p.clone().unbind()) }, iter: None }));
+            let cursor = match param_iter.map(|it| Bound::new(py, ParamIter { it: it.into_any().unbind() })) {
+                Some(Ok(wrapped)) => crate::signals::in_call(|| call_replacing(call, hook.original(), 1, "", wrapped.as_ptr())),
+                _ => {
+                    PyErr::take(py);
+                    crate::signals::in_call(|| call.call_original(hook.original()))
+                }
+            };
+            PARAMS.with(|p| p.replace(saved));
+            restore_marks(c"converters", swapped);
+            restore_marks(c"adapters", swapped_adapters);
             if cursor.is_null() {
                 record_outcome(hook, digest, cursor);
                 return cursor;
@@ -214,7 +230,16 @@ unsafe fn execute(hook: &'static Hook, op: SqliteOp, call: RawCall, digest: Opti
             ffi::Py_XDECREF(state);
             return cursor;
         }
-        match replay_take(hook, digest) {
+        // The parameter sets, for the adapters and iterations replayed inside the call.
+        let replay_params = Params {
+            set: if many { None } else { params.as_ref().map(|p| p.clone().unbind()) },
+            iter: if many { params.as_ref().and_then(|p| p.try_iter().ok()).map(|i| i.into_any().unbind()) } else { None },
+        };
+        PyErr::take(py);
+        let saved = PARAMS.with(|p| p.replace(replay_params));
+        let replayed = replay_take(hook, digest);
+        PARAMS.with(|p| p.replace(saved));
+        match replayed {
             Replayed::Raise(e) => {
                 raise_recorded(&e);
                 std::ptr::null_mut()
@@ -947,6 +972,21 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) {
                 true,
             )
         };
+        if handle == NEXT_PARAMS_HANDLE || handle == ADAPT_HANDLE {
+            // Its exception, if any, ended the statement: the call's recorded outcome says so.
+            let args = match args {
+                Value::Tuple(parts) if parts.len() == 3 => decode_value(&parts[2]),
+                _ => std::ptr::null_mut(),
+            };
+            if !args.is_null() && ffi::PyTuple_Check(args) != 0 {
+                let args = Bound::from_owned_ptr(py, args).cast_into::<PyTuple>().expect("checked: a tuple");
+                drop(replay_params_callback(py, handle, &args));
+            } else {
+                ffi::Py_XDECREF(args);
+                ffi::PyErr_Clear();
+            }
+            return;
+        }
         let wrapper = REGISTRY.with(py, |r| r.wrappers.get(&handle).map(|w| w.clone_ref(py))).flatten();
         let wrapper = wrapper.and_then(|w| w.bind(py).cast::<PyWeakrefReference>().ok().and_then(|w| w.upgrade()));
         let Some(wrapper) = wrapper else { bad("no such callback is registered now") };
@@ -997,44 +1037,54 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) {
 
 /// `_sqlite3.converters`, the dict the C code looks converters up in.
 fn converters(py: Python<'_>) -> Option<Bound<'_, PyDict>> {
-    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
-    let module = modules.get_item("_sqlite3").ok()?;
-    module.getattr("converters").ok()?.cast_into::<PyDict>().ok()
+    module_dict(py, c"converters")
 }
 
-/// Replaces every converter by a [`ConverterMark`] while a recorded statement runs (the
-/// cursor takes its converters then). Returns what to put back. Nothing to do, and nothing
-/// allocated, when no converter is registered.
-fn swap_converters() -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+/// A dict of the `_sqlite3` module (already imported: we are in one of its hooks).
+fn module_dict<'py>(py: Python<'py>, name: &std::ffi::CStr) -> Option<Bound<'py, PyDict>> {
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let module = modules.get_item("_sqlite3").ok()?;
+    module.getattr(name.to_str().ok()?).ok()?.cast_into::<PyDict>().ok()
+}
+
+/// Replaces every value of `_sqlite3.converters` (or `.adapters`) by a [`ConverterMark`]
+/// (or [`AdapterMark`]) while a recorded statement runs: the cursor takes its converters,
+/// and adapts its parameters, then. Returns what to put back.
+fn swap_marks(dict_name: &std::ffi::CStr, converters: bool) -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
     // SAFETY: called from a hook, with the GIL held.
     let py = unsafe { py() };
-    let Some(dict) = converters(py) else { return Vec::new() };
+    let Some(dict) = module_dict(py, dict_name) else { return Vec::new() };
     if dict.is_empty() {
         return Vec::new();
     }
     let mut swapped = Vec::new();
     for (name, func) in dict.iter().collect::<Vec<_>>() {
-        if func.is_instance_of::<ConverterMark>() {
+        if func.is_instance_of::<ConverterMark>() || func.is_instance_of::<AdapterMark>() {
             continue;
         }
-        let Ok(mark) = Bound::new(py, ConverterMark { name: Some(name.clone().unbind()), func: func.clone().unbind() }) else { continue };
+        let mark = if converters {
+            Bound::new(py, ConverterMark { name: Some(name.clone().unbind()), func: func.clone().unbind() }).map(Bound::into_any)
+        } else {
+            Bound::new(py, AdapterMark { func: func.clone().unbind() }).map(Bound::into_any)
+        };
+        let Ok(mark) = mark else { continue };
         if dict.set_item(&name, &mark).is_ok() {
-            swapped.push((name.unbind(), func.unbind(), mark.into_any().unbind()));
+            swapped.push((name.unbind(), func.unbind(), mark.unbind()));
         }
     }
     swapped
 }
 
-fn restore_converters(swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
+fn restore_marks(dict_name: &std::ffi::CStr, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
     if swapped.is_empty() {
         return;
     }
     // SAFETY: called from a hook, with the GIL held.
     let py = unsafe { py() };
-    let Some(dict) = converters(py) else { return };
+    let Some(dict) = module_dict(py, dict_name) else { return };
     let pending = PyErr::take(py);
     for (name, func, mark) in swapped {
-        // Unless the program registered another converter meanwhile.
+        // Unless the program registered another one meanwhile.
         if dict.get_item(&name).ok().flatten().is_some_and(|now| now.is(mark.bind(py))) {
             let _ = dict.set_item(name, func);
         }
@@ -1042,6 +1092,124 @@ fn restore_converters(swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
     if let Some(e) = pending {
         e.restore(py);
     }
+}
+
+/// The parameters of the statement this thread is recording or replaying: the set being
+/// bound (a sequence or a mapping) and, for `executemany`, the iterator of sets.
+#[derive(Default)]
+struct Params {
+    set: Option<Py<PyAny>>,
+    iter: Option<Py<PyAny>>,
+}
+
+thread_local! {
+    static PARAMS: std::cell::RefCell<Params> = std::cell::RefCell::new(Params::default());
+}
+
+/// Handles of the callbacks that are not registered callables: `executemany` taking its
+/// next parameter set, and an adapter adapting a parameter.
+const NEXT_PARAMS_HANDLE: u32 = u32::MAX;
+const ADAPT_HANDLE: u32 = u32::MAX - 1;
+
+/// The iterator of `executemany`'s parameter sets while recording: each set taken is a
+/// callback (the program's iterator may be a generator, which runs its code then).
+#[pyclass(module = "retrace._pyhook", frozen)]
+pub struct ParamIter {
+    it: Py<PyAny>,
+}
+
+#[pymethods]
+impl ParamIter {
+    fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let mut item = None;
+        run(py, NEXT_PARAMS_HANDLE, CallbackKind::Function, (OP_CALL, 0), &PyTuple::empty(py), || {
+            item = next_params(py, self.it.bind(py))?;
+            Ok(py.None().into_bound(py))
+        })?;
+        Ok(item)
+    }
+}
+
+/// The next parameter set of `it` (None at the end), which becomes the current one.
+fn next_params<'py>(py: Python<'py>, it: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    // SAFETY: `it` is a live iterator; PyIter_Next returns a new reference or NULL.
+    let next = unsafe { ffi::PyIter_Next(it.as_ptr()) };
+    if next.is_null() {
+        return match PyErr::take(py) {
+            Some(e) => Err(e),
+            None => Ok(None),
+        };
+    }
+    // SAFETY: a new reference, owned from here.
+    let set = unsafe { Bound::from_owned_ptr(py, next) };
+    PARAMS.with(|p| p.borrow_mut().set = Some(set.clone().unbind()));
+    Ok(Some(set))
+}
+
+/// Where `obj` is in the current parameter set: its index, or its name.
+fn locate_param<'py>(py: Python<'py>, obj: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let set = PARAMS.with(|p| p.borrow().set.as_ref().map(|s| s.clone_ref(py)))?;
+    let set = set.bind(py);
+    if let Ok(seq) = set.cast::<PyTuple>() {
+        return seq.iter().position(|item| item.is(obj)).and_then(|i| i.into_pyobject(py).ok()).map(Bound::into_any);
+    }
+    if let Ok(seq) = set.cast::<PyList>() {
+        return seq.iter().position(|item| item.is(obj)).and_then(|i| i.into_pyobject(py).ok()).map(Bound::into_any);
+    }
+    if let Ok(map) = set.cast::<PyDict>() {
+        return map.iter().find(|(_, v)| v.is(obj)).map(|(k, _)| k);
+    }
+    None
+}
+
+/// Stands in for an adapter while a recorded statement binds its parameters: the adapter's
+/// run is a callback naming the parameter it adapts, so that the replay runs it again.
+#[pyclass(module = "retrace._pyhook", frozen)]
+pub struct AdapterMark {
+    func: Py<PyAny>,
+}
+
+#[pymethods]
+impl AdapterMark {
+    fn __call__<'py>(&self, py: Python<'py>, obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let func = self.func.bind(py);
+        match locate_param(py, obj) {
+            Some(key) => {
+                let args = PyTuple::new(py, [key])?;
+                let result = run(py, ADAPT_HANDLE, CallbackKind::Function, (OP_CALL, 0), &args, || func.call1((obj,)))?;
+                Ok(result)
+            }
+            None => func.call1((obj,)),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.func.bind(py).repr()?.extract()
+    }
+}
+
+/// Replays the callbacks that are not registered callables (see [`NEXT_PARAMS_HANDLE`]).
+fn replay_params_callback(py: Python<'_>, handle: u32, call_args: &Bound<'_, PyTuple>) -> PyResult<()> {
+    if handle == NEXT_PARAMS_HANDLE {
+        let it = PARAMS.with(|p| p.borrow().iter.as_ref().map(|i| i.clone_ref(py)));
+        if let Some(it) = it {
+            next_params(py, it.bind(py))?;
+        }
+        return Ok(());
+    }
+    let set = PARAMS.with(|p| p.borrow().set.as_ref().map(|s| s.clone_ref(py)));
+    let (Some(set), Ok(key)) = (set, call_args.get_item(0)) else { return Ok(()) };
+    let obj = set.bind(py).get_item(key)?;
+    let module = py.import("sys")?.getattr("modules")?.get_item("_sqlite3")?;
+    let key = (obj.get_type(), module.getattr("PrepareProtocol")?);
+    if let Some(adapter) = module.getattr("adapters")?.cast_into::<PyDict>()?.get_item(key)? {
+        adapter.call1((obj,))?;
+    }
+    Ok(())
 }
 
 /// Stands in for a converter (or, `name` None, a `text_factory`) while recording: in a
