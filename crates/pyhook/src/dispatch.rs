@@ -222,7 +222,7 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 // C called the program back inside this call when recorded: the program's
                 // callable runs now, with the recorded arguments (see `sqlite.rs`).
                 // SAFETY: the GIL is held; our state is not borrowed while it runs.
-                unsafe { crate::sqlite::replay_callback(handle, &args) };
+                let end = unsafe { crate::sqlite::replay_callback(handle, &args) };
                 let returned = STATE.with(py, |s| {
                     let thread = s.threads.current();
                     match &mut s.session {
@@ -233,6 +233,7 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 if let Some(Err(divergence)) = returned.flatten() {
                     diverge(divergence, true);
                 }
+                end.finish(py);
                 continue;
             }
             Some(Ok(Taken::Outcome(replayed))) => replayed,

@@ -948,6 +948,21 @@ unsafe fn call_replacing(call: RawCall, original: *mut std::os::raw::c_void, pos
     }
 }
 
+/// What remains to do once a replayed callback's return is taken: print its exception as
+/// `_sqlite3` did after the callback returned (reading the traceback's source lines is
+/// itself a recorded boundary, which came after the CALLBACK_RETURN).
+pub struct CallbackEnd(Option<(PyErr, Py<PyAny>)>);
+
+impl CallbackEnd {
+    pub fn finish(self, py: Python<'_>) {
+        if let Some((e, callable)) = self.0 {
+            e.restore(py);
+            // SAFETY: the GIL is held (a token is in hand); `callable` is live.
+            unsafe { ffi::PyErr_WriteUnraisable(callable.as_ptr()) };
+        }
+    }
+}
+
 /// Replays one recorded callback: calls the program's callable registered under `handle`
 /// with the recorded arguments. Its exception is handled as `_sqlite3` handled it: printed
 /// when callback tracebacks are on, else dropped (for a collation or a backup's progress
@@ -955,7 +970,7 @@ unsafe fn call_replacing(call: RawCall, original: *mut std::os::raw::c_void, pos
 ///
 /// # Safety
 /// GIL held; our state is not borrowed.
-pub unsafe fn replay_callback(handle: u32, args: &Value) {
+pub unsafe fn replay_callback(handle: u32, args: &Value) -> CallbackEnd {
     // SAFETY: see the function's contract.
     unsafe {
         let py = py();
@@ -985,7 +1000,7 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) {
                 ffi::Py_XDECREF(args);
                 ffi::PyErr_Clear();
             }
-            return;
+            return CallbackEnd(None);
         }
         let wrapper = REGISTRY.with(py, |r| r.wrappers.get(&handle).map(|w| w.clone_ref(py))).flatten();
         let wrapper = wrapper.and_then(|w| w.bind(py).cast::<PyWeakrefReference>().ok().and_then(|w| w.upgrade()));
@@ -1021,13 +1036,13 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) {
                 result
             }
         };
-        if let Err(e) = result {
-            let printed = CALLBACK_TRACEBACKS.load(Ordering::Relaxed)
-                && !matches!(this.kind, CallbackKind::Collation | CallbackKind::BackupProgress);
-            if printed {
-                e.restore(py);
-                ffi::PyErr_WriteUnraisable(inner.as_ptr());
+        match result {
+            Err(e) if CALLBACK_TRACEBACKS.load(Ordering::Relaxed)
+                && !matches!(this.kind, CallbackKind::Collation | CallbackKind::BackupProgress) =>
+            {
+                CallbackEnd(Some((e, inner.clone().unbind())))
             }
+            _ => CallbackEnd(None),
         }
     }
 }
@@ -1081,17 +1096,24 @@ fn restore_marks(dict_name: &std::ffi::CStr, swapped: Vec<(Py<PyAny>, Py<PyAny>,
     }
     // SAFETY: called from a hook, with the GIL held.
     let py = unsafe { py() };
-    let Some(dict) = module_dict(py, dict_name) else { return };
+    // The statement's own exception waits while we look the dict up.
     let pending = PyErr::take(py);
+    if let Some(dict) = module_dict(py, dict_name) {
+        restore_into(py, &dict, swapped);
+    }
+    if let Some(e) = pending {
+        e.restore(py);
+    }
+}
+
+fn restore_into(py: Python<'_>, dict: &Bound<'_, PyDict>, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
     for (name, func, mark) in swapped {
         // Unless the program registered another one meanwhile.
         if dict.get_item(&name).ok().flatten().is_some_and(|now| now.is(mark.bind(py))) {
             let _ = dict.set_item(name, func);
         }
     }
-    if let Some(e) = pending {
-        e.restore(py);
-    }
+    PyErr::take(py);
 }
 
 /// The parameters of the statement this thread is recording or replaying: the set being
