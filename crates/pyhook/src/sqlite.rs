@@ -410,7 +410,7 @@ unsafe fn fetch_recorded<'py>(
         // `str` and `bytes` are decoded by the C code itself; anything else is a callable.
         let connection = cursor.getattr("connection").ok();
         let text_factory = connection.as_ref().and_then(|c| c.getattr("text_factory").ok()).filter(|tf| {
-            !(tf.is(&py.get_type::<pyo3::types::PyString>()) || tf.is(&py.get_type::<pyo3::types::PyBytes>()))
+            !(tf.is(py.get_type::<pyo3::types::PyString>()) || tf.is(py.get_type::<pyo3::types::PyBytes>()))
         });
         if let (Some(conn), Some(tf)) = (&connection, &text_factory) {
             if let Ok(mark) = Bound::new(py, ConverterMark { name: None, func: tf.clone().unbind() }) {
@@ -1019,10 +1019,9 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) -> CallbackEnd {
         let call_args = Bound::from_owned_ptr(py, decoded).cast_into::<PyTuple>().expect("checked: a tuple");
         let result = match *op {
             OP_CALL => inner.call1(&call_args),
-            OP_NEW => inner.call0().map(|instance| {
+            OP_NEW => inner.call0().inspect(|instance| {
                 let old = REGISTRY.with(py, |r| r.instances.insert(*number, instance.clone().unbind()));
                 drop(old);
-                instance
             }),
             op => {
                 let Some(&(name, _)) = AGGREGATE_METHODS.iter().find(|(_, o)| *o == op) else { bad("an unknown callback operation") };
