@@ -59,6 +59,234 @@ test("sqlite3: statements, rows, row factories and errors replay with the databa
   t.false(existsSync(join(r.dir, "app.db")), "the replay created the database again");
 });
 
+test("sqlite3: Python callbacks called by SQLite run again at replay, with their side effects", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import sqlite3, time
+    conn = sqlite3.connect("app.db")
+    conn.execute("create table t (id integer primary key, name text, score real)")
+    conn.executemany("insert into t (name, score) values (?, ?)", [("bob", 2.5), ("ann", 1.5), ("cy", 3.0)])
+    conn.commit()
+    calls = []
+    def shout(s):
+        calls.append(s)
+        print("shout", s, time.time() > 0)
+        return s.upper()
+    conn.create_function("shout", 1, shout)
+    print(conn.execute("select shout(name) from t order by id").fetchall())
+    class Total:
+        def __init__(self): print("new Total"); self.n = 0
+        def step(self, v): print("step", v); self.n += v
+        def finalize(self): print("finalize", self.n); return self.n
+    conn.create_aggregate("total", 1, Total)
+    print(conn.execute("select total(score) from t").fetchone())
+    class Running:
+        def __init__(self): self.n = 0
+        def step(self, v): self.n += v
+        def inverse(self, v): print("inverse", v); self.n -= v
+        def value(self): return self.n
+        def finalize(self): return self.n
+    conn.create_window_function("running", 1, Running)
+    print(conn.execute("select running(score) over (order by id rows between 1 preceding and current row) from t").fetchall())
+    def rev(a, b):
+        print("cmp", a, b)
+        return (a < b) - (a > b)
+    conn.create_collation("rev", rev)
+    print(conn.execute("select name from t order by name collate rev").fetchall())
+    conn.set_trace_callback(lambda stmt: print("TRACE", stmt))
+    conn.execute("update t set score = score + 1 where name = ?", ("ann",))
+    conn.commit()
+    conn.set_trace_callback(None)
+    ticks = []
+    conn.set_progress_handler(lambda: ticks.append(1) or 0, 1)
+    conn.execute("select count(*) from t").fetchone()
+    conn.set_progress_handler(None, 1)
+    print("progress ran", len(ticks) > 0)
+    def auth(action, a1, a2, db, src):
+        if a1 == "t":
+            print("auth", action, a1, a2)
+        return sqlite3.SQLITE_DENY if a2 == "score" else sqlite3.SQLITE_OK
+    conn.set_authorizer(auth)
+    try:
+        conn.execute("select name, score from t")
+    except sqlite3.DatabaseError as e:
+        print("denied:", e)
+    conn.set_authorizer(None)
+    class Failing:
+        def __call__(self, x): raise ValueError("bad " + str(x))
+        def __repr__(self): return "<Failing>"
+    sqlite3.enable_callback_tracebacks(True)
+    conn.create_function("failing", 1, Failing())
+    try:
+        conn.execute("select failing(1)").fetchall()
+    except sqlite3.OperationalError as e:
+        print("function error:", e)
+    print(calls)
+    conn.close()
+  `,
+    { beforeReplay: async ({ dir }) => rm(join(dir, "app.db")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(
+    r.record.stdout,
+    "shout bob True\nshout ann True\nshout cy True\n[('BOB',), ('ANN',), ('CY',)]\n" +
+      "new Total\nstep 2.5\nstep 1.5\nstep 3.0\nfinalize 7.0\n(7.0,)\n" +
+      "inverse 2.5\n[(2.5,), (4.0,), (4.5,)]\n" +
+      "cmp ann cy\ncmp bob cy\ncmp bob ann\n[('cy',), ('bob',), ('ann',)]\n" +
+      "TRACE BEGIN \nTRACE update t set score = score + 1 where name = 'ann'\nTRACE COMMIT\n" +
+      "progress ran True\nauth 20 t name\nauth 20 t score\ndenied: access to t.score is prohibited\n" +
+      "function error: user-defined function raised exception\n['bob', 'ann', 'cy']\n",
+  );
+  t.regex(r.recordProgramStderr, /Exception ignored in: <Failing>[\s\S]*ValueError: bad 1/);
+  assertReplaysLike(t, r.record, await replayOffline(r.recording, r.dir));
+  t.false(existsSync(join(r.dir, "app.db")), "the replay created the database again");
+});
+
+test("sqlite3: converters, adapters and text factories run again at replay on the recorded values", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import sqlite3, datetime, decimal, time
+    class Point:
+        def __init__(self, x, y): self.x, self.y = x, y
+        def __repr__(self): return f"Point({self.x}, {self.y})"
+    def adapt_point(p):
+        print("adapt", p.x, p.y)
+        return f"{p.x};{p.y}"
+    def convert_point(b):
+        print("convert", b)
+        return Point(*map(float, b.split(b";")))
+    sqlite3.register_adapter(Point, adapt_point)
+    sqlite3.register_converter("point", convert_point)
+    sqlite3.register_adapter(decimal.Decimal, str)
+    sqlite3.register_converter("decimal", lambda b: decimal.Decimal(b.decode()))
+    sqlite3.register_adapter(datetime.datetime, lambda d: d.isoformat(" "))
+    sqlite3.register_converter("stamp", lambda b: datetime.datetime.fromisoformat(b.decode()))
+    conn = sqlite3.connect("app.db", detect_types=sqlite3.PARSE_DECLTYPES | sqlite3.PARSE_COLNAMES)
+    conn.execute("create table t (id integer primary key, p point, d decimal, ts stamp, name text)")
+    conn.execute("insert into t (p, d, ts, name) values (?, ?, ?, ?)", (Point(1, 2), decimal.Decimal("1.10"), datetime.datetime(2024, 5, 6, 7, 8, 9), "x"))
+    conn.execute("insert into t (p, d, ts, name) values (:p, :d, :ts, :n)", {"p": Point(3, 4), "d": decimal.Decimal("2.25"), "ts": datetime.datetime(2023, 1, 2), "n": "y"})
+    def more():
+        for i in range(2):
+            print("generate", i, time.time() > 0)
+            yield (Point(i, i), "g")
+    print("many", conn.executemany("insert into t (p, name) values (?, ?)", more()).rowcount)
+    rows = conn.execute("select p, d, ts, name from t where id <= 2 order by id").fetchall()
+    print(rows, type(rows[1][1]).__name__, rows[1][2].year)
+    print(conn.execute('select \\'5;6\\' as "q [point]"').fetchone())
+    conn.row_factory = sqlite3.Row
+    r = conn.execute("select p, ts from t where id = 2").fetchone()
+    print(r["p"], r["ts"])
+    conn.row_factory = None
+    for (p,) in conn.execute("select p from t where id > 2"):
+        print("iter", p)
+    conn.text_factory = lambda b: b.decode().upper()
+    print(conn.execute("select name from t order by id").fetchall())
+    conn.text_factory = bytearray
+    print(conn.execute("select name from t where id = 1").fetchone())
+    conn.close()
+  `,
+    { beforeReplay: async ({ dir }) => rm(join(dir, "app.db")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(
+    r.record.stdout,
+    "adapt 1 2\nadapt 3 4\ngenerate 0 True\nadapt 0 0\ngenerate 1 True\nadapt 1 1\nmany 2\n" +
+      "convert b'1;2'\nconvert b'3;4'\n" +
+      "[(Point(1.0, 2.0), Decimal('1.1'), datetime.datetime(2024, 5, 6, 7, 8, 9), 'x'), " +
+      "(Point(3.0, 4.0), Decimal('2.25'), datetime.datetime(2023, 1, 2, 0, 0), 'y')] Decimal 2023\n" +
+      "convert b'5;6'\n(Point(5.0, 6.0),)\nconvert b'3;4'\nPoint(3.0, 4.0) 2023-01-02 00:00:00\n" +
+      "convert b'0;0'\niter Point(0.0, 0.0)\nconvert b'1;1'\niter Point(1.0, 1.0)\n" +
+      "[('X',), ('Y',), ('G',), ('G',)]\n(bytearray(b'x'),)\n",
+  );
+  assertReplaysLike(t, r.record, await replayOffline(r.recording, r.dir));
+  t.false(existsSync(join(r.dir, "app.db")), "the replay created the database again");
+});
+
+test("sqlite3: connection state, RETURNING rowcounts, iterdump, backup and a failing __exit__ replay", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import sqlite3, sys
+    conn = sqlite3.connect("app.db")
+    conn.execute("create table t (id integer primary key, name text)")
+    cu = conn.cursor()
+    cu.executemany("insert into t (name) values (?)", [("a",), ("b",), ("c",)])
+    print("executemany rowcount", cu.rowcount, "in_transaction", conn.in_transaction, "total_changes", conn.total_changes)
+    conn.commit()
+    print("in_transaction", conn.in_transaction)
+    cu = conn.execute("update t set name = name || '!' where id < 3 returning name")
+    print("returning", cu.rowcount, cu.fetchall(), cu.rowcount)
+    conn.commit()
+    print([line for line in conn.iterdump()])
+    dst = sqlite3.connect("copy.db")
+    steps = []
+    conn.backup(dst, pages=1, progress=lambda status, remaining, total: steps.append(remaining))
+    print("backup", steps[-1], dst.execute("select count(*) from t").fetchone())
+    dst.close()
+    conn.execute("pragma foreign_keys = on")
+    conn.execute("create table child (pid integer references t(id) deferrable initially deferred)")
+    conn.commit()
+    try:
+        with conn:
+            conn.execute("insert into child values (99)")
+    except sqlite3.IntegrityError as e:
+        print("__exit__ raised:", e, conn.in_transaction)
+    conn.execute("insert into t (name) values ('d')")
+    conn.isolation_level = None
+    print("isolation_level", conn.isolation_level, conn.in_transaction)
+    if sys.version_info >= (3, 12):
+        conn.autocommit = False
+        print("autocommit", conn.autocommit, conn.in_transaction)
+        conn.autocommit = True
+        print("autocommit", conn.autocommit, conn.in_transaction)
+    else:
+        print("autocommit False True\\nautocommit True False")
+    conn.close()
+    try:
+        conn.total_changes
+    except sqlite3.ProgrammingError as e:
+        print("closed:", e)
+  `,
+    { beforeReplay: async ({ dir }) => { await rm(join(dir, "app.db")); await rm(join(dir, "copy.db")); } },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(
+    r.record.stdout,
+    "executemany rowcount 3 in_transaction True total_changes 3\nin_transaction False\n" +
+      "returning 0 [('a!',), ('b!',)] 2\n" +
+      `['BEGIN TRANSACTION;', 'CREATE TABLE t (id integer primary key, name text);', 'INSERT INTO "t" VALUES(1,\\'a!\\');', ` +
+      `'INSERT INTO "t" VALUES(2,\\'b!\\');', 'INSERT INTO "t" VALUES(3,\\'c\\');', 'COMMIT;']\n` +
+      "backup 0 (3,)\n__exit__ raised: FOREIGN KEY constraint failed False\n" +
+      "isolation_level None False\nautocommit False True\nautocommit True False\nclosed: Cannot operate on a closed database.\n",
+  );
+  assertReplaysLike(t, r.record, await replayOffline(r.recording, r.dir));
+  t.false(existsSync(join(r.dir, "app.db")), "the replay created the database again");
+  t.false(existsSync(join(r.dir, "copy.db")), "the replay created the backup again");
+});
+
+test("sqlite3: blobopen cannot be replayed yet, and the replay stops there naming it", async (t) => {
+  const r = await recordAndReplay(
+    `
+    import sqlite3
+    conn = sqlite3.connect("app.db")
+    conn.execute("create table b (data blob)")
+    conn.execute("insert into b values (zeroblob(4))")
+    print("before")
+    with conn.blobopen("b", "data", 1) as blob:
+        blob.write(b"abcd")
+    print("after")
+  `,
+    { beforeReplay: async ({ dir }) => rm(join(dir, "app.db")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "before\nafter\n");
+  t.regex(r.recordProgramStderr, /sqlite3\.Connection\.blobopen is not recorded yet/);
+  const replay = await replayOffline(r.recording, r.dir);
+  t.is(replay.stdout, "before\n");
+  t.is(replay.code, 87);
+  t.regex(replay.stderr, /sqlite3\.Connection\.blobopen cannot be replayed yet/);
+  t.false(existsSync(join(r.dir, "app.db")), "the replay created the database again");
+});
+
 test("requests against an HTTP server on loopback replays offline with the server gone", async (t) => {
   const dir = await makeTempDir("requests");
   const port = await freePort();

@@ -228,6 +228,25 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 unsafe { wait_for_turn(hook, turn) };
                 continue;
             }
+            Some(Ok(Taken::Callback { handle, args })) => {
+                // C called the program back inside this call when recorded: the program's
+                // callable runs now, with the recorded arguments (see `sqlite.rs`).
+                // SAFETY: the GIL is held; our state is not borrowed while it runs.
+                // It runs inside the call, as when recorded (see `signals::nested`).
+                let end = crate::signals::in_call(|| unsafe { crate::sqlite::replay_callback(handle, &args) });
+                let returned = STATE.with(py, |s| {
+                    let thread = s.threads.current();
+                    match &mut s.session {
+                        Session::Replaying(rep) => Some(rep.take_callback_return(thread)),
+                        _ => None,
+                    }
+                });
+                if let Some(Err(divergence)) = returned.flatten() {
+                    diverge(divergence, true);
+                }
+                end.finish(py);
+                continue;
+            }
             Some(Ok(Taken::Outcome(replayed))) => replayed,
             Some(Err(divergence)) => diverge(divergence, true),
             None => diverge(

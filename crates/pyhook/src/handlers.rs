@@ -98,6 +98,8 @@ pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
             Handler::SockInit => crate::sockets::init(hook, call),
             Handler::SqliteConnect => crate::sqlite::connect(hook, call),
             Handler::PgConnect => crate::pg::connect(hook, call),
+            // A property setter installed through this proxy: `args` is the value.
+            Handler::Sqlite(crate::sqlite::SqliteOp::Setter) => crate::sqlite::setter(hook, call),
             Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             _ => call.call_original(original),
         }

@@ -12,7 +12,7 @@ use retrace_recorder::wire::{FN_HAS_DIGEST, FN_SYNC};
 use crate::fileio::FileOp;
 use crate::osfd::FdOp;
 use crate::sockets::SockOp;
-use crate::sqlite::SqliteOp;
+use crate::sqlite::{CallbackKind, SqliteOp};
 use crate::threads::LockOp;
 use std::ffi::CString;
 use std::os::raw::c_void;
@@ -27,6 +27,12 @@ pub enum Target {
     Init,
     /// Swap `tp_iternext` of the type at the path.
     IterNext,
+    /// Swap the getter of the property (a `PyGetSetDef`) at the path; the proxy is the
+    /// METH_NOARGS one, whose C signature a getter shares (`self`, then a pointer).
+    Getter,
+    /// Swap the setter of the property at the path; the proxy is the `tp_init` one, whose
+    /// C signature a setter shares (`self`, the value, a pointer; returns an int).
+    Setter,
     /// Not patched in C: our Python package calls the boundary through `call_boundary`.
     Python,
 }
@@ -148,8 +154,8 @@ impl Hook {
 
     fn digest_flag(&self) -> u8 {
         let takes_args = match self.target {
-            Target::Python | Target::Init => true,
-            Target::IterNext => false,
+            Target::Python | Target::Init | Target::Setter => true,
+            Target::IterNext | Target::Getter => false,
             Target::Method => {
                 let c = self.convention.load(Ordering::Relaxed);
                 c != 0 && c - 1 != Convention::NoArgs as u8
@@ -182,14 +188,6 @@ const NOT_SCHEDULE_POINTS: &[&str] = &[
     "os.cpu_count", "os.getloadavg", "os.get_terminal_size", "time.localtime", "time.gmtime",
     "time.ctime", "time.asctime", "time.strftime", "signal.getsignal",
     "psycopg2.connection.get_dsn_parameters",
-];
-
-/// Hooks of functions that only some supported Python versions have.
-const OPTIONAL_HOOKS: &[&str] = &[
-    "_thread.start_joinable_thread",
-    "_thread.lock.acquire_lock",
-    "_thread.lock.release_lock",
-    "_thread._set_sentinel",
 ];
 
 macro_rules! hook_table {
@@ -449,12 +447,12 @@ hook_table! {
     psycopg2_reset => "psycopg2.connection.reset", "psycopg2._psycopg", ["connection", "reset"], Method, Handler::Unsupported;
     psycopg2_get_dsn_parameters => "psycopg2.connection.get_dsn_parameters", "psycopg2._psycopg", ["connection", "get_dsn_parameters"], Method, Handler::Generic;
     thread_start_new_thread => "_thread.start_new_thread", "_thread", ["start_new_thread"], Method, Handler::ThreadStart;
-    thread_start_joinable_thread => "_thread.start_joinable_thread", "_thread", ["start_joinable_thread"], Method, Handler::ThreadStart;
+    thread_start_joinable_thread => "_thread.start_joinable_thread", "_thread", ["?start_joinable_thread"], Method, Handler::ThreadStart;
     lock_acquire => "_thread.lock.acquire", "_thread", ["LockType", "acquire"], Method, Handler::Lock(LockOp::Acquire);
-    lock_acquire_lock => "_thread.lock.acquire_lock", "_thread", ["LockType", "acquire_lock"], Method, Handler::Lock(LockOp::Acquire);
+    lock_acquire_lock => "_thread.lock.acquire_lock", "_thread", ["LockType", "?acquire_lock"], Method, Handler::Lock(LockOp::Acquire);
     lock_enter => "_thread.lock.__enter__", "_thread", ["LockType", "__enter__"], Method, Handler::Lock(LockOp::Acquire);
     lock_release => "_thread.lock.release", "_thread", ["LockType", "release"], Method, Handler::Lock(LockOp::Other);
-    lock_release_lock => "_thread.lock.release_lock", "_thread", ["LockType", "release_lock"], Method, Handler::Lock(LockOp::Other);
+    lock_release_lock => "_thread.lock.release_lock", "_thread", ["LockType", "?release_lock"], Method, Handler::Lock(LockOp::Other);
     lock_exit => "_thread.lock.__exit__", "_thread", ["LockType", "__exit__"], Method, Handler::Lock(LockOp::Other);
     rlock_acquire => "_thread.RLock.acquire", "_thread", ["RLock", "acquire"], Method, Handler::Lock(LockOp::Acquire);
     rlock_enter => "_thread.RLock.__enter__", "_thread", ["RLock", "__enter__"], Method, Handler::Lock(LockOp::Acquire);
@@ -462,13 +460,32 @@ hook_table! {
     rlock_exit => "_thread.RLock.__exit__", "_thread", ["RLock", "__exit__"], Method, Handler::Lock(LockOp::Other);
     rlock_release_save => "_thread.RLock._release_save", "_thread", ["RLock", "_release_save"], Method, Handler::Lock(LockOp::Other);
     rlock_acquire_restore => "_thread.RLock._acquire_restore", "_thread", ["RLock", "_acquire_restore"], Method, Handler::Lock(LockOp::Other);
-    thread_set_sentinel => "_thread._set_sentinel", "_thread", ["_set_sentinel"], Method, Handler::ThreadSentinel;
+    thread_set_sentinel => "_thread._set_sentinel", "_thread", ["?_set_sentinel"], Method, Handler::ThreadSentinel;
     lock_locked => "_thread.lock.locked", "_thread", ["LockType", "locked"], Method, Handler::Lock(LockOp::Locked);
     socket_socketpair => "socket.socketpair", "_socket", ["socketpair"], Method, Handler::SocketPair;
     simplequeue_get => "queue.SimpleQueue.get", "_queue", ["SimpleQueue", "get"], Method, Handler::Lock(LockOp::Take);
     simplequeue_get_nowait => "queue.SimpleQueue.get_nowait", "_queue", ["SimpleQueue", "get_nowait"], Method, Handler::Lock(LockOp::Take);
     simplequeue_put => "queue.SimpleQueue.put", "_queue", ["SimpleQueue", "put"], Method, Handler::Lock(LockOp::Other);
     simplequeue_put_nowait => "queue.SimpleQueue.put_nowait", "_queue", ["SimpleQueue", "put_nowait"], Method, Handler::Lock(LockOp::Other);
+    sqlite_create_function => "sqlite3.Connection.create_function", "_sqlite3", ["Connection", "create_function"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Function, 2, "func"));
+    sqlite_create_aggregate => "sqlite3.Connection.create_aggregate", "_sqlite3", ["Connection", "create_aggregate"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Aggregate, 2, "aggregate_class"));
+    sqlite_create_window_function => "sqlite3.Connection.create_window_function", "_sqlite3", ["Connection", "create_window_function"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Aggregate, 2, "aggregate_class"));
+    sqlite_create_collation => "sqlite3.Connection.create_collation", "_sqlite3", ["Connection", "create_collation"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Collation, 1, "callback"));
+    sqlite_set_authorizer => "sqlite3.Connection.set_authorizer", "_sqlite3", ["Connection", "set_authorizer"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Authorizer, 0, "authorizer_callback"));
+    sqlite_set_progress_handler => "sqlite3.Connection.set_progress_handler", "_sqlite3", ["Connection", "set_progress_handler"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Progress, 0, "progress_handler"));
+    sqlite_set_trace_callback => "sqlite3.Connection.set_trace_callback", "_sqlite3", ["Connection", "set_trace_callback"], Method, Handler::Sqlite(SqliteOp::Register(CallbackKind::Trace, 0, "trace_callback"));
+    sqlite_enable_callback_tracebacks => "sqlite3.enable_callback_tracebacks", "_sqlite3", ["enable_callback_tracebacks"], Method, Handler::Sqlite(SqliteOp::CallbackTracebacks);
+    sqlite_connection_exit => "sqlite3.Connection.__exit__", "_sqlite3", ["Connection", "__exit__"], Method, Handler::Generic;
+    sqlite_connection_backup => "sqlite3.Connection.backup", "_sqlite3", ["Connection", "backup"], Method, Handler::Sqlite(SqliteOp::Backup);
+    sqlite_connection_serialize => "sqlite3.Connection.serialize", "_sqlite3", ["Connection", "?serialize"], Method, Handler::Generic;
+    sqlite_connection_deserialize => "sqlite3.Connection.deserialize", "_sqlite3", ["Connection", "?deserialize"], Method, Handler::Generic;
+    sqlite_connection_interrupt => "sqlite3.Connection.interrupt", "_sqlite3", ["Connection", "interrupt"], Method, Handler::Generic;
+    sqlite_connection_blobopen => "sqlite3.Connection.blobopen", "_sqlite3", ["Connection", "blobopen"], Method, Handler::Unsupported;
+    sqlite_connection_load_extension => "sqlite3.Connection.load_extension", "_sqlite3", ["Connection", "?load_extension"], Method, Handler::Unsupported;
+    sqlite_in_transaction => "sqlite3.Connection.in_transaction", "_sqlite3", ["Connection", "in_transaction"], Getter, Handler::Generic;
+    sqlite_total_changes => "sqlite3.Connection.total_changes", "_sqlite3", ["Connection", "total_changes"], Getter, Handler::Generic;
+    sqlite_set_isolation_level => "sqlite3.Connection.isolation_level (set)", "_sqlite3", ["Connection", "isolation_level"], Setter, Handler::Sqlite(SqliteOp::Setter);
+    sqlite_set_autocommit => "sqlite3.Connection.autocommit (set)", "_sqlite3", ["Connection", "?autocommit"], Setter, Handler::Sqlite(SqliteOp::Setter);
 }
 
 impl Hook {
@@ -492,10 +509,8 @@ pub unsafe fn install_module(name: &str, module: *mut ffi::PyObject) -> Vec<Stri
     let mut warnings = Vec::new();
     for hook in HOOKS.iter().filter(|h| h.module == name && h.target != Target::Python) {
         // SAFETY: per the caller's guarantee.
-        if let Err(why) = unsafe { install(hook, module) } {
-            if OPTIONAL_HOOKS.contains(&hook.name) && why.starts_with("cannot resolve") {
-                continue;
-            }
+        // An empty reason: an attribute this Python does not have, marked optional (`?`).
+        if let Err(why) = unsafe { install(hook, module) }.or_else(|why| if why.is_empty() { Ok(()) } else { Err(why) }) {
             warnings.push(format!("{} is not intercepted: {why}", hook.name));
         }
     }
@@ -513,6 +528,7 @@ unsafe fn install(hook: &'static Hook, module: *mut ffi::PyObject) -> Result<(),
             Target::Method => install_method(hook, target),
             Target::Init => install_slot(hook, target, Slot::Init),
             Target::IterNext => install_slot(hook, target, Slot::IterNext),
+            Target::Getter | Target::Setter => install_getset(hook, target),
             Target::Python => Ok(()),
         };
         ffi::Py_DECREF(target);
@@ -530,16 +546,21 @@ unsafe fn resolve(module: *mut ffi::PyObject, path: &[&str]) -> Result<*mut ffi:
         for part in path {
             // "()" calls what the path reached so far: the only way to a method of a type
             // that is not exposed by name (`select.poll()` objects).
-            let next = if *part == "()" {
+            // "?name": an attribute that only newer Pythons have; its absence is no warning.
+            let (part, optional) = match part.strip_prefix('?') {
+                Some(rest) => (rest, true),
+                None => (*part, false),
+            };
+            let next = if part == "()" {
                 ffi::PyObject_CallNoArgs(obj)
             } else {
-                let cpart = CString::new(*part).map_err(|e| e.to_string())?;
+                let cpart = CString::new(part).map_err(|e| e.to_string())?;
                 ffi::PyObject_GetAttrString(obj, cpart.as_ptr())
             };
             ffi::Py_DECREF(obj);
             if next.is_null() {
                 ffi::PyErr_Clear();
-                return Err(format!("cannot resolve {part}"));
+                return Err(if optional { String::new() } else { format!("cannot resolve {part}") });
             }
             obj = next;
         }
@@ -593,6 +614,37 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
         hook.original.store(current, Ordering::Relaxed);
         // The union's declared ABI is "C"; the proxy is "C-unwind" (see `install_slot`).
         (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, ffi::PyCFunction>(proxy) };
+        Ok(())
+    }
+}
+
+/// # Safety
+/// GIL held, `obj` live.
+unsafe fn install_getset(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result<(), String> {
+    // SAFETY: `d_getset` points into a live, writable PyGetSetDef table (static data of the
+    // extension module), which CPython reads on every attribute access; the proxies have
+    // the getter's and setter's C signatures (pointer arguments, same return types).
+    unsafe {
+        if ffi::Py_TYPE(obj) != std::ptr::addr_of_mut!(ffi::PyGetSetDescr_Type) {
+            return Err("not a property".into());
+        }
+        let def = (*(obj as *mut ffi::PyGetSetDescrObject)).d_getset;
+        let (current, proxy, convention) = match hook.target {
+            Target::Getter => ((*def).get.map(|f| f as *mut c_void), hook.proxies.noargs as *mut c_void, Convention::NoArgs),
+            _ => ((*def).set.map(|f| f as *mut c_void), hook.proxies.init as *mut c_void, Convention::InitSlot),
+        };
+        let Some(current) = current else {
+            return Err("the property has no such accessor".into());
+        };
+        if current == proxy {
+            return Ok(());
+        }
+        hook.convention.store(convention as u8 + 1, Ordering::Relaxed);
+        hook.original.store(current, Ordering::Relaxed);
+        match hook.target {
+            Target::Getter => (*def).get = Some(std::mem::transmute::<*mut c_void, ffi::getter>(proxy)),
+            _ => (*def).set = Some(std::mem::transmute::<*mut c_void, ffi::setter>(proxy)),
+        }
         Ok(())
     }
 }

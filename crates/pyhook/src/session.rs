@@ -191,6 +191,9 @@ pub enum Taken {
     /// This (non-main) thread has no recorded events left although the recording goes on:
     /// when recorded, the process ended while the thread was in this call.
     Unfinished,
+    /// C called back into Python during this call when recorded (a sqlite3 user function,
+    /// trace callback...): the caller runs the callback, takes its return, then takes again.
+    Callback { handle: u32, args: Value },
 }
 
 /// An event waiting in its thread's queue, with its place in the thread schedule when its
@@ -425,6 +428,12 @@ impl Replayer {
                     unsafe { ffi::PyErr_SetInterruptEx(signum) };
                     continue;
                 }
+                Event::CallbackEnter { .. } => {
+                    if let Some(Queued { record: EventRecord { event: Event::CallbackEnter { handle, args }, .. }, .. }) = self.pop(thread) {
+                        return Ok(Taken::Callback { handle, args });
+                    }
+                    continue;
+                }
                 _ => {}
             }
             if let Some(turn) = front.turn {
@@ -456,6 +465,23 @@ impl Replayer {
                 TURN.advance();
             }
             return matched;
+        }
+    }
+
+    /// The end of a callback replayed inside a call: the recorded CALLBACK_RETURN must be
+    /// next in this thread's events, or the callback took another path than when recorded.
+    pub fn take_callback_return(&mut self, thread: u32) -> Result<Value, Divergence> {
+        let next = if self.fill(thread, usize::MAX) { self.pop(thread) } else { None };
+        match next {
+            Some(Queued { record: EventRecord { event: Event::CallbackReturn { result }, .. }, .. }) => Ok(result),
+            other => Err(Divergence {
+                index: other.as_ref().map(|q| q.record.index).or(self.last_index.map(|i| i + 1)),
+                thread,
+                expected: other.map(|q| self.describe(&q.record.event)).unwrap_or_else(|| "the end of the recording".into()),
+                actual: "the end of a callback (a Python callable called by a C library)".into(),
+                hint: "the callback made other boundary calls than when it was recorded: was its code or an unrecorded input changed?",
+                bad_recording: false,
+            }),
         }
     }
 
