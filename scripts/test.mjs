@@ -247,7 +247,7 @@ const services = { RETRACE_TEST_PG_DSN: cluster.dsn };
 await avaRun("ava", avaArgs, { ...services, RETRACE_TEST_VENV_PYTHON: venvs[pyInfo.version] });
 if (runMatrix) {
   for (const { version, python: py } of matrix) {
-    await avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts", "__test__/imports.test.ts", "__test__/postgres.test.ts"], {
+    await avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts", "__test__/imports.test.ts", "__test__/postgres.test.ts", "__test__/threads.test.ts"], {
       ...services,
       RETRACE_TEST_PYTHON: py,
       RETRACE_TEST_VENV_PYTHON: venvs[version],
