@@ -169,6 +169,8 @@ export interface RecordAndReplayOptions {
   beforeReplay?: (ctx: { dir: string; recording: string }) => Promise<void> | void;
   /** Program file name (default `main.py`). */
   name?: string;
+  /** Options for `retrace record` before `--` (e.g. `--chaos`). */
+  recordArgs?: string[];
   /** Stdin for the recorded run. */
   input?: string;
 }
@@ -199,7 +201,7 @@ export async function recordAndReplay(
   }
   const recording = join(dir, "recording");
   const command = [opts.python ?? PYTHON, ...(opts.pythonArgs ?? []), name, ...(opts.args ?? [])];
-  const record = await runCli(["record", "-o", recording, "--", ...command], {
+  const record = await runCli(["record", ...(opts.recordArgs ?? []), "-o", recording, "--", ...command], {
     cwd: dir,
     ...(opts.env ? { env: opts.env } : {}),
     ...(opts.input !== undefined ? { input: opts.input } : {}),

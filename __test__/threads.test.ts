@@ -91,7 +91,7 @@ test("the threading family: Lock, RLock, Condition, Semaphore, Barrier, Event, T
 
 test("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server and client in the same process, run_coroutine_threadsafe", async (t) => {
   const r = await recordAndReplay(`
-    import asyncio, random
+    import asyncio, random, threading
     async def worker(name, q, out):
         while (item := await q.get()) is not None:
             await asyncio.sleep(random.random() / 100)
@@ -128,12 +128,43 @@ test("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server 
         print(await asyncio.gather(*(client(port, i) for i in range(4))))
         server.close()
         await server.wait_closed()
-        loop = asyncio.get_running_loop()
+        loop, done, got = asyncio.get_running_loop(), asyncio.Event(), []
         def in_thread():
-            return asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result="from a thread"), loop).result()
-        print(await loop.run_in_executor(None, in_thread))
+            got.append(asyncio.run_coroutine_threadsafe(asyncio.sleep(0.01, result="from a thread"), loop).result())
+            loop.call_soon_threadsafe(done.set)
+        thread = threading.Thread(target=in_thread)
+        thread.start()
+        await done.wait()
+        thread.join()
+        print(got[0])
     asyncio.run(main())
   `);
   t.regex(r.record.stdout, /\['HELLO 0', 'HELLO 1', 'HELLO 2', 'HELLO 3'\]\nfrom a thread\n$/);
   await replaysAlike(t, r);
+});
+
+test("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {
+  const program = `
+    import threading
+    order, lock = [], threading.Lock()
+    def worker(name):
+        for i in range(20):
+            with lock:
+                order.append(name)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in "abcd"]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    print("".join(order))
+  `;
+  const sequential = "a".repeat(20) + "b".repeat(20) + "c".repeat(20) + "d".repeat(20) + "\n";
+  const outputs: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await recordAndReplay(program, { recordArgs: ["--chaos"] });
+    t.is(r.record.code, 0, r.record.stderr);
+    t.is([...r.record.stdout.trim()].sort().join("") + "\n", sequential, "every item is there");
+    outputs.push(r.record.stdout);
+    const replays = await Promise.all([1, 2, 3].map(() => replayOffline(r.recording, r.dir)));
+    for (const replay of replays) assertReplaysLike(t, r.record, replay);
+  }
+  t.true(outputs.some((o) => o !== sequential), `no chaotic recording interleaved the threads: ${outputs.join(" | ")}`);
 });

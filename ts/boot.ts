@@ -21,6 +21,8 @@ export interface BootConfig {
   hashseed_injected: boolean;
   /** The seed in force. */
   hashseed: number;
+  /** Record with perturbed thread hand-offs (`retrace record --chaos`). */
+  chaos?: boolean;
 }
 
 /** Largest PYTHONHASHSEED Python accepts. */
@@ -52,6 +54,7 @@ export function childEnv(
     pythonpath: original ?? null,
     hashseed_injected: config.hashseed_injected,
     hashseed: config.hashseed,
+    ...(config.chaos ? { chaos: true } : {}),
   };
   const env: NodeJS.ProcessEnv = { ...base };
   env["PYTHONPATH"] =

@@ -28,19 +28,21 @@ export function splitRecordArgs(words: readonly string[]): SplitRecordArgs {
 }
 
 /** The fast path's reading of `record` options, or undefined if yargs must look at them. */
-export function fastRecordOptions(options: readonly string[]): { output?: string; force: boolean } | undefined {
+export function fastRecordOptions(options: readonly string[]): { output?: string; force: boolean; chaos: boolean } | undefined {
   let output: string | undefined;
   let force = false;
+  let chaos = false;
   for (let i = 0; i < options.length; i++) {
     const word = options[i] as string;
     if (word === "--force") force = true;
+    else if (word === "--chaos") chaos = true;
     else if ((word === "-o" || word === "--output") && i + 1 < options.length && output === undefined) {
       output = options[++i] as string;
     } else if (word.startsWith("--output=") && output === undefined) output = word.slice("--output=".length);
     else return undefined;
   }
   if (output === "") return undefined;
-  return output === undefined ? { force } : { output, force };
+  return output === undefined ? { force, chaos } : { output, force, chaos };
 }
 
 /** Prints a user-facing error in the CLI's voice and sets the exit status. */

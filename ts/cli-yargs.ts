@@ -70,6 +70,11 @@ export async function runYargs(argv: string[]): Promise<void> {
           )
           .option("output", { alias: "o", type: "string", describe: "Recording directory (must not exist or be empty)" })
           .option("force", { type: "boolean", default: false, describe: "Replace DIR if it already holds a recording" })
+          .option("chaos", {
+            type: "boolean",
+            default: false,
+            describe: "Perturb thread hand-offs while recording (random pauses at schedule points) to bring races to the surface",
+          })
           .example("$0 record -- python3 app.py --port 8080", "")
           .example("$0 record -o rec -- python3 -m mypkg.tool", ""),
       async (args) => {
@@ -83,6 +88,7 @@ export async function runYargs(argv: string[]): Promise<void> {
         await record({
           output: args.output,
           force: args.force === true,
+          chaos: args.chaos === true,
           command: pythonCommand,
         });
       },

@@ -13,6 +13,8 @@ export interface RecordOptions {
   output?: string | undefined;
   /** Replace an existing non-empty recording directory. */
   force: boolean;
+  /** Perturb thread hand-offs while recording. */
+  chaos?: boolean;
   /** `[python, ...python args, script or -m module, ...program args]`. */
   command: string[];
 }
@@ -193,6 +195,7 @@ export async function record(opts: RecordOptions): Promise<void> {
     boot_dir: bootDir,
     hashseed_injected: injected,
     hashseed,
+    chaos: opts.chaos === true,
   });
 
   process.stderr.write(`retrace: recording to ${display}\n`);

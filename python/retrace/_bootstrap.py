@@ -50,6 +50,7 @@ def boot(config, boot_dir):
                 # What the import view leaves to the interpreter: the stdlib and us.
                 "import_skip": [os.path.dirname(os.__file__) + os.sep, os.path.dirname(__file__) + os.sep],
                 "main_script": _main_script(),
+                "chaos": settings.get("chaos", False),
             }
         else:
             header = {"version_info": tuple(sys.version_info[:3])}

@@ -257,6 +257,7 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                     actual: format!("call {}", hook.name),
                     hint: "internal: the replay state was busy; please report this",
                     bad_recording: false,
+                    thread_name: None,
                 },
                 true,
             ),
@@ -295,6 +296,7 @@ unsafe fn unfinished_call(hook: &'static Hook) -> ! {
                     actual: format!("call {}", hook.name),
                     hint: "the thread made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
                     bad_recording: false,
+                    thread_name: None,
                 },
                 true,
             );
@@ -344,19 +346,34 @@ unsafe fn wait_for_turn(hook: &'static Hook, turn: u64) {
 ///
 /// `python_alive` is false at exit, after the interpreter was finalized: then no stack is
 /// printed and no Python object is touched.
-pub fn diverge(d: Divergence, python_alive: bool) -> ! {
+pub fn diverge(mut d: Divergence, python_alive: bool) -> ! {
     MODE.store(MODE_OFF, Ordering::Relaxed);
     let stack = if python_alive {
         // SAFETY: with Python alive we are inside a hook, where the GIL is held. Flushing the
         // program's own output first keeps its stdout identical up to this point.
         unsafe {
             flush_python_stdio();
+            d.thread_name = current_thread_name();
             python_stack()
         }
     } else {
         String::new()
     };
     report_and_exit(d, &stack)
+}
+
+/// The calling thread's `threading` name, when `threading` is loaded.
+///
+/// # Safety
+/// The GIL must be held.
+unsafe fn current_thread_name() -> Option<String> {
+    use pyo3::prelude::PyAnyMethods;
+    // SAFETY: per the caller's guarantee; only reads, errors dropped.
+    let py = unsafe { pyo3::Python::assume_attached() };
+    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
+    let threading = modules.get_item("threading").ok()?;
+    let name = threading.call_method0("current_thread").ok()?.getattr("name").ok()?;
+    name.extract::<String>().ok()
 }
 
 /// [`diverge`] from a thread of ours (a database stand-in) that found the divergence while
@@ -400,8 +417,11 @@ fn report_and_exit(d: Divergence, stack: &str) -> ! {
     let index = d.index.map(|i| format!(" at event #{i}")).unwrap_or_default();
     let title = if d.bad_recording { "replay cannot continue" } else { "replay diverged" };
     let mut report = format!(
-        "retrace: {title}{index} (thread {})\n  expected: {}\n  actual:   {}\n",
-        d.thread, d.expected, d.actual
+        "retrace: {title}{index} (thread {}{})\n  expected: {}\n  actual:   {}\n",
+        d.thread,
+        d.thread_name.as_deref().map(|n| format!(", {n:?}")).unwrap_or_default(),
+        d.expected,
+        d.actual
     );
     if !stack.is_empty() {
         report.push_str("Python stack (most recent call last):\n");

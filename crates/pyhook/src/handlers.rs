@@ -135,6 +135,7 @@ unsafe fn unsupported<R>(hook: &'static Hook, digest: u32, live: impl FnOnce() -
                         actual: format!("{} cannot be replayed yet; the replay stops here rather than reach the real world", hook.name),
                         hint: "see the README's list of what is recorded",
                         bad_recording: true,
+                        thread_name: None,
                     },
                     true,
                 )
@@ -442,6 +443,7 @@ pub fn bad_value(hook: &'static Hook) -> ! {
             actual: "a value of another shape".into(),
             hint: "the recording was made by another version of retrace",
             bad_recording: true,
+            thread_name: None,
         },
         true,
     )

@@ -51,6 +51,8 @@ struct BootConfig {
     #[serde(default)]
     hashseed_injected: bool,
     hashseed: Option<u64>,
+    #[serde(default)]
+    chaos: bool,
 }
 
 /// Parses `__RETRACE_BOOT` without importing `json` into the program's interpreter.
@@ -64,6 +66,7 @@ fn parse_boot_config<'py>(py: Python<'py>, config: &str) -> PyResult<Bound<'py, 
     dict.set_item("pythonpath", boot.pythonpath)?;
     dict.set_item("hashseed_injected", boot.hashseed_injected)?;
     dict.set_item("hashseed", boot.hashseed)?;
+    dict.set_item("chaos", boot.chaos)?;
     Ok(dict)
 }
 
@@ -126,6 +129,9 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             let skip: Vec<String> = item("import_skip")?.extract()?;
             imports = Some(imports::ImportView::recording(&dir, skip));
             main_script = info.get_item("main_script")?.and_then(|s| s.extract::<String>().ok());
+            if info.get_item("chaos")?.is_some_and(|c| c.is_truthy().unwrap_or(false)) {
+                threads::enable_chaos();
+            }
             Session::Recording(Recorder::new(enc, writer))
         }
         "replay" => {

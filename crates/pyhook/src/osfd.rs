@@ -321,6 +321,7 @@ pub fn stand_in_failed(hook: &'static Hook, why: &str) -> ! {
             actual: why.to_owned(),
             hint: "the replay's descriptors differ from the recording's; please report this",
             bad_recording: false,
+            thread_name: None,
         },
         true,
     )

@@ -513,6 +513,7 @@ unsafe fn replay_connect(hook: &'static Hook, call: InitCall, digest: Option<u32
                     actual,
                     hint,
                     bad_recording: true,
+                    thread_name: None,
                 },
                 true,
             )
@@ -895,6 +896,7 @@ fn report_mismatch(id: u32, mismatch: Mismatch) {
         actual: format!("the program {actual}"),
         hint,
         bad_recording,
+        thread_name: None,
     });
 }
 

@@ -233,6 +233,8 @@ pub struct Divergence {
     pub hint: &'static str,
     /// The recording is at fault (exit 87), not the program.
     pub bad_recording: bool,
+    /// The diverging thread's `threading` name, filled in when the report is made.
+    pub thread_name: Option<String>,
 }
 
 /// The schedule turn: how many schedule points have been taken. Read and waited on without
@@ -324,6 +326,7 @@ impl Replayer {
                     actual: "the trace could not be read further".into(),
                     hint: "the recording is damaged; record the program again",
                     bad_recording: true,
+                    thread_name: None,
                 });
                 return false;
             }
@@ -414,6 +417,7 @@ impl Replayer {
                     actual: actual(),
                     hint: "the program made more boundary calls than when it was recorded: was its code or an unrecorded input changed?",
                     bad_recording: false,
+                    thread_name: None,
                 });
             }
             let front = &self.queues[thread as usize][0];
@@ -458,6 +462,7 @@ impl Replayer {
                         actual: actual(),
                         hint: "the program took another path than when it was recorded: was its code or an unrecorded input changed?",
                         bad_recording: false,
+                        thread_name: None,
                     })
                 }
             };
@@ -481,6 +486,7 @@ impl Replayer {
                 actual: "the end of a callback (a Python callable called by a C library)".into(),
                 hint: "the callback made other boundary calls than when it was recorded: was its code or an unrecorded input changed?",
                 bad_recording: false,
+                thread_name: None,
             }),
         }
     }
@@ -501,6 +507,7 @@ impl Replayer {
                 actual: "the end of the program".into(),
                 hint: "the program ended earlier than when it was recorded: was its code or an unrecorded input changed?",
                 bad_recording: false,
+                thread_name: None,
             }),
         }
     }

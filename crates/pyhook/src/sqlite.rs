@@ -553,6 +553,7 @@ unsafe fn replayed_rows<'py>(hook: &'static Hook, cursor: &Bound<'py, PyAny>, va
                                 actual: "no such converter is registered now".into(),
                                 hint: "the program registered other converters than when it was recorded: was its code or an unrecorded input changed?",
                                 bad_recording: false,
+                                thread_name: None,
                             },
                             true,
                         ),
@@ -983,6 +984,7 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) -> CallbackEnd {
                     actual: what.to_owned(),
                     hint: "the program registered other sqlite3 callbacks than when it was recorded: was its code or an unrecorded input changed?",
                     bad_recording: false,
+                    thread_name: None,
                 },
                 true,
             )

@@ -111,11 +111,33 @@ const THREADING_INTERNALS: &[&[u8]] = &[b"_delete", b"_stop", b"_set_tstate_lock
 unsafe fn unscheduled_caller() -> bool {
     // SAFETY: the current thread's frame (borrowed) and its code object's attributes.
     unsafe {
-        let frame = ffi::PyEval_GetFrame();
+        let mut frame = ffi::PyEval_GetFrame();
         if frame.is_null() {
             return false;
         }
-        let code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+        // A comprehension (`[... for lock in locks if not lock.locked()]`, its own frame
+        // before 3.12) is judged by the function it is in.
+        let mut code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+        let mut owned_frame: *mut ffi::PyFrameObject = std::ptr::null_mut();
+        for _ in 0..2 {
+            let name = ffi::PyObject_GetAttrString(code, c"co_name".as_ptr());
+            let comprehension = !name.is_null() && crate::codec::utf8_of(name).is_some_and(|n| n.starts_with(b"<") && n != b"<module>");
+            ffi::Py_XDECREF(name);
+            ffi::PyErr_Clear();
+            if !comprehension {
+                break;
+            }
+            let back = ffi::PyFrame_GetBack(frame);
+            if back.is_null() {
+                break;
+            }
+            ffi::Py_XDECREF(owned_frame.cast());
+            owned_frame = back;
+            frame = back;
+            ffi::Py_DECREF(code);
+            code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+        }
+        ffi::Py_XDECREF(owned_frame.cast());
         let text = |name: &std::ffi::CStr| {
             let v = ffi::PyObject_GetAttrString(code, name.as_ptr());
             if v.is_null() {
@@ -289,6 +311,45 @@ pub unsafe fn start(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     }
 }
 
+/// `retrace record --chaos`: schedule points sometimes pause the recording thread (without
+/// the GIL) for a random moment, so that other threads get in first and the interleavings a
+/// program allows, its races included, show up in recordings (as rr's chaos mode does).
+static CHAOS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static CHAOS_STATE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn enable_chaos() {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    CHAOS_STATE.store(seed | 1, std::sync::atomic::Ordering::Relaxed);
+    CHAOS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// One in four schedule points pauses 0 to 2 ms, the GIL released.
+///
+/// # Safety
+/// The GIL must be held.
+unsafe fn chaos_pause() {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !CHAOS.load(Relaxed) {
+        return;
+    }
+    // xorshift64: cheap, and any sequence will do (it is not part of the recording).
+    let mut x = CHAOS_STATE.load(Relaxed);
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    CHAOS_STATE.store(x, Relaxed);
+    if x % 4 != 0 {
+        return;
+    }
+    let pause = std::time::Duration::from_micros((x >> 8) % 2000);
+    // SAFETY: the GIL is held on entry and taken back for this thread state.
+    unsafe {
+        let state = ffi::PyEval_SaveThread();
+        std::thread::sleep(pause);
+        ffi::PyEval_RestoreThread(state);
+    }
+}
+
 /// A method of `_thread.lock` or `_thread.RLock`.
 ///
 /// # Safety
@@ -307,6 +368,7 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
         let digest = hook.digest(|| if matches!(op, LockOp::Acquire | LockOp::Take) { call.digest() } else { 0 });
         match mode() {
             MODE_RECORD => {
+                chaos_pause();
                 let result = crate::signals::in_call(|| call.call_original(original));
                 if result.is_null() {
                     crate::dispatch::record_outcome(hook, digest, result);
