@@ -66,8 +66,9 @@ test("splitRecordArgs separates our options from the Python command", (t) => {
   });
   t.deepEqual(splitRecordArgs(["python3", "-m", "mod", "-o", "x"]), { options: [], command: ["python3", "-m", "mod", "-o", "x"] });
   t.deepEqual(splitRecordArgs(["--output=d"]), { options: ["--output=d"], command: [] });
-  t.deepEqual(fastRecordOptions(["-o", "d", "--force"]), { output: "d", force: true });
-  t.deepEqual(fastRecordOptions(["--output=d"]), { output: "d", force: false });
+  t.deepEqual(fastRecordOptions(["-o", "d", "--force"]), { output: "d", force: true, chaos: false });
+  t.deepEqual(fastRecordOptions(["--output=d"]), { output: "d", force: false, chaos: false });
+  t.deepEqual(fastRecordOptions(["--chaos", "-o", "d"]), { output: "d", force: false, chaos: true });
   t.is(fastRecordOptions(["--help"]), undefined);
   t.is(fastRecordOptions(["-o"]), undefined);
 });

@@ -57,8 +57,19 @@ pub unsafe fn boundary(
 pub unsafe fn replay_releasing<R>(hook: &'static Hook, digest: Option<u32>, release: impl FnOnce() -> R) -> *mut ffi::PyObject {
     // SAFETY: per the caller's guarantee.
     unsafe {
+        let py = py();
+        let with_replayer = |f: &dyn Fn(&mut crate::session::Replayer, u32)| {
+            STATE.with(py, |s| {
+                let thread = s.threads.current();
+                if let Session::Replaying(rep) = &mut s.session {
+                    f(rep, thread);
+                }
+            })
+        };
+        with_replayer(&|rep, thread| rep.defer_turn(thread));
         let replayed = replay_take(hook, digest);
         drop(release());
+        with_replayer(&|rep, thread| rep.hand_on(thread));
         outcome_object(replayed)
     }
 }
@@ -327,7 +338,7 @@ unsafe fn wait_for_turn(hook: &'static Hook, turn: u64) {
             if !warned {
                 warned = true;
                 ffi::PyEval_RestoreThread(state);
-                let stacks = all_stacks();
+                let stacks = all_stacks(std::ptr::null_mut());
                 state = ffi::PyEval_SaveThread();
                 write_stderr(&format!(
                     "retrace: replay: a thread waits at {} for schedule turn {turn}; no thread has reached its turn for {} s (turn {} is next)\nPython stacks:\n{stacks}\n",
@@ -354,7 +365,14 @@ pub fn diverge(mut d: Divergence, python_alive: bool) -> ! {
         unsafe {
             flush_python_stdio();
             d.thread_name = current_thread_name();
-            python_stack()
+            let mut stack = python_stack();
+            // Under threads, where the others stood tells what this thread raced with.
+            let others = all_stacks(ffi::PyThreadState_Get());
+            if !others.is_empty() {
+                stack.push_str("Other threads (most recent call last):\n");
+                stack.push_str(&others);
+            }
+            stack
         }
     } else {
         String::new()
@@ -387,22 +405,22 @@ pub fn diverge_from_helper(d: Divergence) -> ! {
     let stack = unsafe {
         ffi::PyGILState_Ensure();
         flush_python_stdio();
-        all_stacks()
+        all_stacks(std::ptr::null_mut())
     };
     report_and_exit(d, &stack)
 }
 
-/// The Python stacks of every thread, separated by `--` lines.
+/// The Python stacks of every thread but `except` (may be NULL), separated by `--` lines.
 ///
 /// # Safety
 /// The GIL must be held.
-unsafe fn all_stacks() -> String {
+unsafe fn all_stacks(except: *mut ffi::PyThreadState) -> String {
     // SAFETY: walking the interpreter's thread states with the GIL held.
     unsafe {
         let mut stacks = String::new();
         let mut tstate = ffi::PyInterpreterState_ThreadHead(ffi::PyInterpreterState_Get());
         while !tstate.is_null() {
-            let stack = stack_of(tstate);
+            let stack = if tstate == except { String::new() } else { stack_of(tstate) };
             if !stack.is_empty() {
                 stacks.push_str(&stack);
                 stacks.push_str("  --\n");

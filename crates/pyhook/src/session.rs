@@ -220,6 +220,10 @@ pub struct Replayer {
     turns_read: u64,
     /// The trace is read to its end (or to a read error, kept here).
     exhausted: bool,
+    /// Threads whose next schedule point is handed on only after the call has released its
+    /// stand-in (see [`Replayer::defer_turn`]), and the threads that owe that hand-on.
+    deferring: Vec<u32>,
+    owing: Vec<u32>,
     read_error: Option<Divergence>,
     pub last_index: Option<u64>,
 }
@@ -298,6 +302,8 @@ impl Replayer {
             queues: Vec::new(),
             turns_read: 0,
             exhausted: false,
+            deferring: Vec::new(),
+            owing: Vec::new(),
             read_error: None,
             last_index: None,
         }
@@ -346,6 +352,12 @@ impl Replayer {
                 self.exhausted = true;
                 return false;
             }
+            // A signal is a schedule point too: what other threads did before it arrived (a
+            // response sent, a line printed) happens before it at replay.
+            Event::Signal { .. } => {
+                self.turns_read += 1;
+                Some(self.turns_read - 1)
+            }
             Event::Call { fn_id, .. } | Event::Raise { fn_id, .. } if self.sync_fns.contains(fn_id) => {
                 self.turns_read += 1;
                 Some(self.turns_read - 1)
@@ -386,11 +398,16 @@ impl Replayer {
             // Read ahead: a signal handler that ran between this call and the next must run
             // as soon as this call returns, not when the next call comes.
             if self.fill(0, SIGNAL_LOOKAHEAD) {
-                if let Some(Queued { record: EventRecord { event: Event::Signal { signum, during_call: false }, .. }, .. }) =
+                if let Some(Queued { record: EventRecord { event: Event::Signal { signum, during_call: false }, .. }, turn }) =
                     self.queues[0].front()
                 {
+                    // Not its turn yet: the next call of this thread waits for it, then runs it.
+                    if turn.is_some_and(|t| t != TURN.current()) {
+                        return Ok(taken);
+                    }
                     let signum = *signum;
                     self.pop(0);
+                    TURN.advance();
                     // SAFETY: the GIL is held; this only trips CPython's pending-signal flag
                     // so the program's handler runs at the next bytecode boundary, as it did.
                     unsafe { ffi::PyErr_SetInterruptEx(signum) };
@@ -421,13 +438,20 @@ impl Replayer {
                 });
             }
             let front = &self.queues[thread as usize][0];
+            if let Some(turn) = front.turn {
+                if TURN.current() != turn {
+                    return Ok(Taken::NotYourTurn(turn));
+                }
+            }
             match front.record.event {
                 Event::Signal { signum, during_call: true } => {
                     self.pop(thread);
+                    TURN.advance();
                     return Ok(Taken::SignalDuringCall(signum));
                 }
                 Event::Signal { signum, during_call: false } => {
                     self.pop(thread);
+                    TURN.advance();
                     // SAFETY: the GIL is held; see `take`.
                     unsafe { ffi::PyErr_SetInterruptEx(signum) };
                     continue;
@@ -439,11 +463,6 @@ impl Replayer {
                     continue;
                 }
                 _ => {}
-            }
-            if let Some(turn) = front.turn {
-                if TURN.current() != turn {
-                    return Ok(Taken::NotYourTurn(turn));
-                }
             }
             let Some(Queued { record: ev, turn }) = self.pop(thread) else { continue };
             let matched = match ev.event {
@@ -467,7 +486,12 @@ impl Replayer {
                 }
             };
             if matched.is_ok() && turn.is_some() {
-                TURN.advance();
+                if let Some(i) = self.deferring.iter().position(|&t| t == thread) {
+                    self.deferring.swap_remove(i);
+                    self.owing.push(thread);
+                } else {
+                    TURN.advance();
+                }
             }
             return matched;
         }
@@ -488,6 +512,22 @@ impl Replayer {
                 bad_recording: false,
                 thread_name: None,
             }),
+        }
+    }
+
+    /// The next call of `thread` releases a stand-in (a close, which gives the GIL up while
+    /// closing): its turn is handed on only when [`Replayer::hand_on`] says it is done, so that
+    /// the next thread cannot open a descriptor that is still being closed.
+    pub fn defer_turn(&mut self, thread: u32) {
+        self.deferring.push(thread);
+    }
+
+    /// Hands on a turn [`Replayer::defer_turn`] held back, if any.
+    pub fn hand_on(&mut self, thread: u32) {
+        self.deferring.retain(|&t| t != thread);
+        if let Some(i) = self.owing.iter().position(|&t| t == thread) {
+            self.owing.swap_remove(i);
+            TURN.advance();
         }
     }
 
