@@ -3,6 +3,9 @@
  * built on them, thread starts, sleeps, I/O) and enforced at replay. Each program is
  * recorded once and replayed many times, offline: every replay must print exactly what the
  * recording printed, although the interleaving when recorded came from real timing.
+ * The tests run one at a time: each already runs two replays at once, and a loaded machine
+ * makes the races between schedule points this design does not order (see ARCHITECTURE.md,
+ * "Threads") more likely to show.
  */
 import test, { type ExecutionContext } from "ava";
 import { spawn } from "node:child_process";
@@ -36,7 +39,7 @@ async function replaysAlike(t: ExecutionContext, r: RecordAndReplayResult): Prom
   }
 }
 
-test("the threading family: Lock, RLock, Condition, Semaphore, Barrier, Event, Timer, local, Queue, ThreadPoolExecutor, daemon threads at exit", async (t) => {
+test.serial("the threading family: Lock, RLock, Condition, Semaphore, Barrier, Event, Timer, local, Queue, ThreadPoolExecutor, daemon threads at exit", async (t) => {
   const r = await recordAndReplay(`
     import concurrent.futures, logging, queue, random, sys, threading, time
     logging.basicConfig(stream=sys.stdout, format="%(threadName)s %(message)s", level=logging.INFO)
@@ -106,7 +109,7 @@ test("the threading family: Lock, RLock, Condition, Semaphore, Barrier, Event, T
   await replaysAlike(t, r);
 });
 
-test("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server and client in the same process, run_coroutine_threadsafe", async (t) => {
+test.serial("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server and client in the same process, run_coroutine_threadsafe", async (t) => {
   const r = await recordAndReplay(`
     import asyncio, random, threading
     async def worker(name, q, out):
@@ -160,7 +163,7 @@ test("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server 
   await replaysAlike(t, r);
 });
 
-test("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {
+test.serial("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {
   const program = `
     import threading
     order, lock = [], threading.Lock()
@@ -186,7 +189,7 @@ test("record --chaos perturbs thread hand-offs, and each chaotic recording repla
   t.true(outputs.some((o) => o !== sequential), `no chaotic recording interleaved the threads: ${outputs.join(" | ")}`);
 });
 
-test("a threaded Flask service: concurrent clients not recorded, a lock around sqlite, calls to another service through requests, stopped by SIGTERM; replays offline the same every time", async (t) => {
+test.serial("a threaded Flask service: concurrent clients not recorded, a lock around sqlite, calls to another service through requests, stopped by SIGTERM; replays offline the same every time", async (t) => {
   const dir = await makeTempDir("flask-threaded");
   const [port, peerPort] = [await freePort(), await freePort()];
   const peerPath = await writeProgram(
