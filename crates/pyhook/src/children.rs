@@ -204,15 +204,27 @@ pub unsafe fn fork_exec(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObjec
             }
         }
         record_outcome(hook, digest, result);
-        if !result.is_null() && !captures.is_empty() {
-            let pid = ffi::PyLong_AsLongLong(result);
-            if pid > 0 {
-                BY_PID.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(pid, captures);
-            } else {
-                ffi::PyErr_Clear();
-            }
-        }
+        remember(result, captures);
         result
+    }
+}
+
+/// Keeps a spawned child's captures until it is reaped; `result` is the spawn's result
+/// (the pid, or NULL).
+///
+/// # Safety
+/// GIL held.
+unsafe fn remember(result: *mut ffi::PyObject, captures: Vec<Capture>) {
+    if result.is_null() || captures.is_empty() {
+        return;
+    }
+    // SAFETY: `result` is a live object; a conversion error is cleared.
+    let pid = unsafe { ffi::PyLong_AsLongLong(result) };
+    if pid > 0 {
+        BY_PID.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(pid, captures);
+    } else {
+        // SAFETY: GIL held.
+        unsafe { ffi::PyErr_Clear() };
     }
 }
 
@@ -339,14 +351,7 @@ pub unsafe fn posix_spawn(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObj
             }
         }
         record_outcome(hook, digest, result);
-        if !result.is_null() && !captures.is_empty() {
-            let pid = ffi::PyLong_AsLongLong(result);
-            if pid > 0 {
-                BY_PID.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(pid, captures);
-            } else {
-                ffi::PyErr_Clear();
-            }
-        }
+        remember(result, captures);
         result
     }
 }
