@@ -21,6 +21,7 @@ export const KIND_NAMES = [
   "process",
   "exception",
   "end",
+  "collect",
 ] as const;
 
 export type EventKind = Exclude<(typeof KIND_NAMES)[number], "">;
@@ -39,6 +40,7 @@ export const OP = {
   process: 0x0a,
   exception: 0x0b,
   end: 0x0c,
+  collect: 0x0d,
 } as const satisfies Record<EventKind, number>;
 
 /** Fields every event has. */
@@ -143,6 +145,16 @@ export interface ExceptionEvent extends EventBase {
   traceback: string;
 }
 
+/** An automatic collection of the cyclic garbage collector started here. */
+export interface CollectEvent extends EventBase {
+  kind: "collect";
+  generation: number;
+  /** It ran inside a boundary call. */
+  nested: boolean;
+  /** The collector's threshold minus its allocation count when the program last left a hook. */
+  after: number;
+}
+
 /** Clean end of the process's recording. */
 export interface EndEvent extends EventBase {
   kind: "end";
@@ -161,6 +173,7 @@ export type TraceEvent =
   | CallbackReturnEvent
   | ProcessEvent
   | ExceptionEvent
+  | CollectEvent
   | EndEvent;
 
 /**
@@ -381,6 +394,8 @@ function decodeEvent(
       return { index, thread, chunkOffset, chunkElapsedNs, kind: "process", processKind: p[0] as ProcessEvent["processKind"], child: p[1] as string };
     case OP.exception:
       return { index, thread, chunkOffset, chunkElapsedNs, kind: "exception", typeName: p[0] as string, message: p[1] as string, traceback: p[2] as string };
+    case OP.collect:
+      return { index, thread, chunkOffset, chunkElapsedNs, kind: "collect", generation: p[0] as number, nested: p[1] === true, after: p[2] as number };
     default:
       return { index, thread, chunkOffset, chunkElapsedNs, kind: "end" };
   }

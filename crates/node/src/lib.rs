@@ -190,6 +190,7 @@ impl Columns {
             Event::Process { .. } => (0x0A, 0, None),
             Event::Exception { .. } => (0x0B, 0, None),
             Event::End => (0x0C, 0, None),
+            Event::Collect { .. } => (0x0D, 0, None),
         };
         self.kind.push(kind);
         self.fn_id.push(fn_id);
@@ -425,7 +426,8 @@ fn write_value(out: &mut String, value: &Value) {
 /// RAISE `[type_name, args, attrs]`; FN_DEF `[flags, name]`; THREAD `[thread]`;
 /// THREAD_START `[thread, parent, name]`; THREAD_EXIT `[thread]`; SIGNAL `[signum]`;
 /// CALLBACK_ENTER `[handle, args]`; PROCESS `[kind, child]` (kind: "fork" | "spawn" |
-/// "exec"); EXCEPTION `[type_name, message, traceback]`.
+/// "exec"); EXCEPTION `[type_name, message, traceback]`; COLLECT `[generation, nested,
+/// after]`.
 fn write_payload(out: &mut String, event: &Event) {
     out.push('[');
     match event {
@@ -453,6 +455,9 @@ fn write_payload(out: &mut String, event: &Event) {
         }
         Event::Signal { signum, during_call } => {
             let _ = write!(out, "{signum},{during_call}");
+        }
+        Event::Collect { generation, nested, after } => {
+            let _ = write!(out, "{generation},{nested},{after}");
         }
         Event::CallbackEnter { handle, args } => {
             let _ = write!(out, "{handle},");

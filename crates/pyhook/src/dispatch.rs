@@ -258,6 +258,12 @@ pub unsafe fn replay_take(hook: &'static Hook, digest: Option<u32>) -> Replayed 
                 end.finish(py);
                 continue;
             }
+            Some(Ok(Taken::Collect { generation, nested })) => {
+                // Our state is not borrowed while the finalizers run (they are the program's
+                // code, and may reach boundaries of their own).
+                crate::gc::replay_collection(py, generation, nested);
+                continue;
+            }
             Some(Ok(Taken::Outcome(replayed))) => replayed,
             Some(Err(divergence)) => diverge(divergence, true),
             None => diverge(

@@ -15,6 +15,17 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 /// # Safety
 /// Called by CPython through a proxy, with the GIL held.
 pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let result = dispatch_call(hook, call);
+        crate::gc::after_hook();
+        result
+    }
+}
+
+/// # Safety
+/// As for [`dispatch`].
+unsafe fn dispatch_call(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     let original = hook.original();
     // SAFETY: `original` is the function the proxy replaced, with the same convention.
     unsafe {
@@ -59,6 +70,9 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
             Handler::Unsupported => unsupported(hook, call.digest(), || call.call_original(original)),
             Handler::SqliteConnect | Handler::SqliteNext => call.call_original(original),
             Handler::SignalGet => crate::signals::get(hook, call),
+            Handler::Gc(crate::hooks::GcOp::Collect) => crate::gc::collect(hook, call),
+            Handler::Gc(crate::hooks::GcOp::GetThreshold) => crate::gc::get_threshold(hook, call),
+            Handler::Gc(crate::hooks::GcOp::SetThreshold) => crate::gc::set_threshold(hook, call),
             Handler::FileOpen | Handler::SockInit | Handler::PgConnect => call.call_original(original),
         }
     }
@@ -69,6 +83,17 @@ pub unsafe fn dispatch(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
 /// # Safety
 /// Called by CPython through `type_call`, with the GIL held.
 pub unsafe fn dispatch_init(hook: &'static Hook, call: InitCall) -> c_int {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let result = dispatch_init_call(hook, call);
+        crate::gc::after_hook();
+        result
+    }
+}
+
+/// # Safety
+/// As for [`dispatch_init`].
+unsafe fn dispatch_init_call(hook: &'static Hook, call: InitCall) -> c_int {
     let original = hook.original();
     // SAFETY: `original` is the tp_init the proxy replaced.
     unsafe {
@@ -152,13 +177,15 @@ unsafe fn unsupported<R>(hook: &'static Hook, digest: u32, live: impl FnOnce() -
 pub unsafe fn dispatch_iternext(hook: &'static Hook, slf: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: `original` is the tp_iternext the proxy replaced.
     unsafe {
-        match hook.handler {
+        let result = match hook.handler {
             Handler::SqliteNext => crate::sqlite::next(hook, slf),
             _ => {
                 let f: crate::calls::IterNextFn = std::mem::transmute(hook.original());
                 f(slf)
             }
-        }
+        };
+        crate::gc::after_hook();
+        result
     }
 }
 

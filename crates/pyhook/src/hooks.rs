@@ -104,9 +104,20 @@ pub enum Handler {
     PgConnect,
     /// A method of an SSL socket: the plaintext is recorded (see `sockets.rs`).
     Ssl,
+    /// A function of the `gc` module: never recorded; keeps collections where they were
+    /// (see `gc.rs`).
+    Gc(GcOp),
     /// A boundary we cannot replay yet: recorded as a marker (with a warning), and a
     /// replay that reaches it stops there, naming it, instead of reaching the real world.
     Unsupported,
+}
+
+/// The `gc` functions we watch.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GcOp {
+    Collect,
+    GetThreshold,
+    SetThreshold,
 }
 
 /// Proxies for every convention; the one matching the live function is installed.
@@ -486,6 +497,9 @@ hook_table! {
     sqlite_total_changes => "sqlite3.Connection.total_changes", "_sqlite3", ["Connection", "total_changes"], Getter, Handler::Generic;
     sqlite_set_isolation_level => "sqlite3.Connection.isolation_level (set)", "_sqlite3", ["Connection", "isolation_level"], Setter, Handler::Sqlite(SqliteOp::Setter);
     sqlite_set_autocommit => "sqlite3.Connection.autocommit (set)", "_sqlite3", ["Connection", "?autocommit"], Setter, Handler::Sqlite(SqliteOp::Setter);
+    gc_collect => "gc.collect", "gc", ["collect"], Method, Handler::Gc(GcOp::Collect);
+    gc_get_threshold => "gc.get_threshold", "gc", ["get_threshold"], Method, Handler::Gc(GcOp::GetThreshold);
+    gc_set_threshold => "gc.set_threshold", "gc", ["set_threshold"], Method, Handler::Gc(GcOp::SetThreshold);
 }
 
 impl Hook {

@@ -14,6 +14,7 @@ mod environ;
 mod exceptions;
 mod fds;
 mod fileio;
+mod gc;
 mod osfd;
 mod pg;
 mod sockets;
@@ -179,6 +180,9 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         libc::pthread_atfork(None, None, Some(in_forked_child));
     }
     let mut warnings = Vec::new();
+    if let Err(e) = gc::start(py, is_record) {
+        warnings.push(format!("garbage collections are not kept in step: {e}"));
+    }
     let modules = py.import("sys")?.getattr("modules")?;
     for name in watched_modules() {
         if let Ok(module) = modules.get_item(name) {
@@ -326,6 +330,7 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dirs::DirEntry>()?;
     m.add_class::<signals::SignalHandler>()?;
     m.add_class::<signals::DefaultAction>()?;
+    m.add_class::<gc::CollectionWatch>()?;
     m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;

@@ -194,6 +194,9 @@ pub enum Taken {
     /// C called back into Python during this call when recorded (a sqlite3 user function,
     /// trace callback...): the caller runs the callback, takes its return, then takes again.
     Callback { handle: u32, args: Value },
+    /// The garbage collector ran here when recorded: the caller collects (see `gc.rs`),
+    /// then takes again.
+    Collect { generation: u8, nested: bool },
 }
 
 /// An event waiting in its thread's queue, with its place in the thread schedule when its
@@ -206,6 +209,9 @@ struct Queued {
 /// How far a replay reads ahead for a signal that ran between two calls of the main
 /// thread, before giving up (the handler then runs at the main thread's next call).
 const SIGNAL_LOOKAHEAD: usize = 4096;
+
+/// How far a replay reads ahead for a collection after a thread's call.
+const COLLECTION_LOOKAHEAD: usize = 256;
 
 /// The replay's cursor. Events are dealt out to one queue per recorded thread as the trace
 /// is read; each thread takes its own events in order. Schedule points (FN_SYNC) are also
@@ -456,6 +462,10 @@ impl Replayer {
                     unsafe { ffi::PyErr_SetInterruptEx(signum) };
                     continue;
                 }
+                Event::Collect { generation, nested, .. } => {
+                    self.pop(thread);
+                    return Ok(Taken::Collect { generation, nested });
+                }
                 Event::CallbackEnter { .. } => {
                     if let Some(Queued { record: EventRecord { event: Event::CallbackEnter { handle, args }, .. }, .. }) = self.pop(thread) {
                         return Ok(Taken::Callback { handle, args });
@@ -500,6 +510,7 @@ impl Replayer {
     /// The end of a callback replayed inside a call: the recorded CALLBACK_RETURN must be
     /// next in this thread's events, or the callback took another path than when recorded.
     pub fn take_callback_return(&mut self, thread: u32) -> Result<Value, Divergence> {
+        self.skip_collections(thread);
         let next = if self.fill(thread, usize::MAX) { self.pop(thread) } else { None };
         match next {
             Some(Queued { record: EventRecord { event: Event::CallbackReturn { result }, .. }, .. }) => Ok(result),
@@ -512,6 +523,36 @@ impl Replayer {
                 bad_recording: false,
                 thread_name: None,
             }),
+        }
+    }
+
+    /// At replay, when `thread`'s next event is a recorded collection: its `after` (see
+    /// `gc.rs`). Looks a little ahead in the trace, as the collection may be recorded after
+    /// other threads' events.
+    pub fn next_collection(&mut self, thread: u32) -> Option<i32> {
+        if !self.fill(thread, COLLECTION_LOOKAHEAD) {
+            return None;
+        }
+        match self.queues[thread as usize][0].record.event {
+            Event::Collect { after, .. } => Some(after),
+            _ => None,
+        }
+    }
+
+    /// A collection CPython started by itself at replay: when it is the one `thread`'s
+    /// recording has next, it is taken.
+    pub fn take_collection(&mut self, thread: u32) {
+        if self.next_collection(thread).is_some() {
+            self.pop(thread);
+        }
+    }
+
+    /// Drops the collections at the front of `thread`'s events where no call follows to run
+    /// them before (the end of a callback, of the program): their garbage is collected
+    /// later.
+    fn skip_collections(&mut self, thread: u32) {
+        while self.fill(thread, usize::MAX) && matches!(self.queues[thread as usize][0].record.event, Event::Collect { .. }) {
+            self.pop(thread);
         }
     }
 
@@ -534,6 +575,7 @@ impl Replayer {
     /// At the program's end: the main thread's recording must be used up. Other threads may
     /// have been stopped by the exit (daemon threads) with events left.
     pub fn check_finished(&mut self) -> Result<(), Divergence> {
+        self.skip_collections(0);
         let left = if self.fill(0, usize::MAX) { self.pop(0) } else { None };
         match left {
             None => match self.read_error.take() {

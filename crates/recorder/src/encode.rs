@@ -210,6 +210,16 @@ impl ChunkEncoder {
         self.buf.push(u8::from(during_call));
     }
 
+    /// The cyclic garbage collector started an automatic collection of `generation` on the
+    /// current thread; `nested` when it ran inside a boundary call; `after`: the collector's
+    /// threshold minus its allocation count when the program last left a hook.
+    pub fn collect(&mut self, generation: u8, nested: bool, after: i32) {
+        self.begin_event(OP_COLLECT);
+        self.buf.push(generation);
+        self.buf.push(u8::from(nested));
+        write_zigzag(&mut self.buf, i64::from(after));
+    }
+
     /// CALLBACK_ENTER. The caller then writes one value: the callback's args.
     pub fn callback_enter(&mut self, handle: u32) {
         self.begin_event(OP_CALLBACK_ENTER);

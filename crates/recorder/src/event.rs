@@ -173,6 +173,16 @@ pub enum Event {
     },
     /// Clean end of the process's recording.
     End,
+    /// An automatic collection of the cyclic garbage collector started here (its
+    /// finalizers and weakref callbacks ran next), inside a boundary call when `nested`.
+    /// `after` is the collector's young-generation threshold minus its allocation count
+    /// when the program last left a hook: the collection came with the allocation that
+    /// took the count past the threshold.
+    Collect {
+        generation: u8,
+        nested: bool,
+        after: i32,
+    },
 }
 
 impl Event {
@@ -191,6 +201,7 @@ impl Event {
             Event::Process { .. } => "process",
             Event::Exception { .. } => "exception",
             Event::End => "end",
+            Event::Collect { .. } => "collect",
         }
     }
 }

@@ -632,6 +632,20 @@ fn decode_event_body(cursor: &mut Cursor<'_>, reader: &mut TraceReader) -> Resul
             traceback: cursor.str()?,
         },
         OP_END => Event::End,
+        OP_COLLECT => {
+            let generation = cursor.u8()?;
+            if generation > 2 {
+                return Err(format!("bad collection generation {generation}"));
+            }
+            let nested = match cursor.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(format!("bad collection flags {other:#04x}")),
+            };
+            let after = cursor.zigzag()?;
+            let after = i32::try_from(after).map_err(|_| format!("collection offset {after} out of range"))?;
+            Event::Collect { generation, nested, after }
+        }
         _ => return Err(format!("unknown op {op:#04x}")),
     })
 }

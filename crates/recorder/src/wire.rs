@@ -37,6 +37,7 @@ pub const OP_CALLBACK_RETURN: u8 = 0x09;
 pub const OP_PROCESS: u8 = 0x0A;
 pub const OP_EXCEPTION: u8 = 0x0B;
 pub const OP_END: u8 = 0x0C;
+pub const OP_COLLECT: u8 = 0x0D;
 
 /// FN_DEF flag: CALL and RAISE events of this fn carry a u32 LE argument digest.
 pub const FN_HAS_DIGEST: u8 = 0x01;

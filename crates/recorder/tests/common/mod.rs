@@ -86,6 +86,7 @@ pub enum Step {
     },
     ThreadExit(u32),
     Signal(i32, bool),
+    Collect(u8, bool, i32),
     CallbackEnter {
         handle: u32,
         args: Value,
@@ -273,6 +274,10 @@ impl Model {
                 encoder.thread_exit(*thread);
                 self.push(Event::ThreadExit { thread: *thread });
             }
+            Step::Collect(generation, nested, after) => {
+                encoder.collect(*generation, *nested, *after);
+                self.push(Event::Collect { generation: *generation, nested: *nested, after: *after });
+            }
             Step::Signal(signum, during_call) => {
                 encoder.signal(*signum, *during_call);
                 self.push(Event::Signal { signum: *signum, during_call: *during_call });
@@ -389,6 +394,7 @@ pub fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(thread, parent, name)| Step::ThreadStart { thread, parent, name }),
         1 => any::<u32>().prop_map(Step::ThreadExit),
         1 => (any::<i32>(), any::<bool>()).prop_map(|(s, d)| Step::Signal(s, d)),
+        1 => (0u8..3, any::<bool>(), any::<i32>()).prop_map(|(g, n, a)| Step::Collect(g, n, a)),
         1 => (any::<u32>(), value()).prop_map(|(handle, args)| Step::CallbackEnter { handle, args }),
         1 => value().prop_map(Step::CallbackReturn),
         1 => (process_kind(), text()).prop_map(|(kind, child)| Step::Process { kind, child }),
