@@ -263,6 +263,15 @@ test("an existing non-empty RETRACE_RECORDING_PATH: one line, and the program ru
   t.regex(r.stdout, /^child sees None None 0$/m);
   t.deepEqual(readdirSync(rec), ["keep.txt"]);
   t.is(readFileSync(join(rec, "keep.txt"), "utf8"), "precious");
+  // -E: the recorder could not start (PYTHONPATH ignored): the same, one line.
+  const flagE = await runHooked(venv, ["-E", "-c", "print('ran')"], { RETRACE: "1", RETRACE_RECORDING_PATH: "rec-e" });
+  t.is(flagE.stdout, "ran\n");
+  t.is(flagE.code, 0);
+  t.deepEqual(stderrLines(flagE), [
+    "retrace: error: recording is off, the program runs unrecorded: the Python flag -E is not supported yet: " +
+      "it makes Python ignore PYTHONPATH, which retrace uses to start its hook",
+  ]);
+  t.false(existsSync(join(venv.dir, "rec-e")));
 });
 
 test("a signal sent to the recording process reaches the program once, and both end by it", async (t) => {

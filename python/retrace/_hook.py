@@ -63,7 +63,9 @@ def _start():
         display = display or _launch.default_dir_name(os.getcwd())
         directory, env = _launch.prepare_record(display, False, argv[1:], dict(os.environ), option="RETRACE_RECORDING_PATH")
     except _launch.RetraceError as error:
-        _off("%s (%s)" % (error.message, error.hint) if error.hint else error.message)
+        # The CLI's hints name its own options; -E/-I (usage errors) need none here.
+        usage = error.exit_code == _launch.EXIT_USAGE
+        _off("%s (%s)" % (error.message, error.hint) if error.hint and not usage else error.message)
         return
     _launch.run_recorded(display, directory, executable, [executable] + argv[1:], env)
 
