@@ -53,8 +53,8 @@ def _start():
         executable = sys.executable
         if not executable or not argv:
             raise _launch.RetraceError("this interpreter does not know its own executable", "")
-        try:
-            embedded = os.path.realpath(executable) != os.path.realpath("/proc/self/exe")
+        try:  # Linux: the binary running is not the interpreter `sys.executable` names (uWSGI, ...)
+            embedded = os.path.exists("/proc/self/exe") and os.path.realpath(executable) != os.path.realpath("/proc/self/exe")
         except OSError:
             embedded = False
         if embedded:
@@ -67,7 +67,13 @@ def _start():
         usage = error.exit_code == _launch.EXIT_USAGE
         _off("%s (%s)" % (error.message, error.hint) if error.hint and not usage else error.message)
         return
-    _launch.run_recorded(display, directory, executable, [executable] + argv[1:], env)
+    except Exception as error:  # a bug of ours must not stop the program
+        _off("internal error: %s" % error)
+        return
+    try:
+        _launch.run_recorded(display, directory, executable, [executable] + argv[1:], env)  # does not return
+    except _launch.RetraceError as error:  # the interpreter could not be started again
+        _off(error.message)
 
 
 def _off(why):

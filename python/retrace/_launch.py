@@ -227,8 +227,9 @@ def run_recorded(display, directory, executable, argv, env):
                                           "duration_ms": round(duration_ms, 3)}):
             sys.stderr.write("retrace: error: nothing was recorded: retrace's hook did not start in the program "
                              "(%s is missing)\n" % os.path.join(display, "meta.json"))
-    except RetraceError as error:
-        sys.stderr.write("retrace: error: %s (the exit status was not saved)\n" % error.message)
+    except Exception as error:
+        message = error.message if isinstance(error, RetraceError) else str(error)
+        sys.stderr.write("retrace: error: %s (the exit status was not saved)\n" % message)
     _exit_like(code, signame)
 
 
@@ -256,17 +257,21 @@ def _spawn_and_wait(executable, argv, env):
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         raise RetraceError("could not start %s: %s" % (executable, _describe(error)),
                            "check that the interpreter exists and is executable", EXIT_COULD_NOT_START)
-    while True:
-        info = signal.sigwaitinfo(watched | {signal.SIGCHLD})
-        if info.si_signo == signal.SIGCHLD:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done == pid:
-                break
-        elif info.si_code <= 0:
-            try:
-                os.kill(pid, info.si_signo)
-            except OSError:
-                pass
+    try:
+        while True:
+            info = signal.sigwaitinfo(watched | {signal.SIGCHLD})
+            if info.si_signo == signal.SIGCHLD:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done == pid:
+                    break
+            elif info.si_code <= 0:
+                try:
+                    os.kill(pid, info.si_signo)
+                except OSError:
+                    pass
+    except Exception as error:  # never leave the program behind: wait for it without forwarding
+        sys.stderr.write("retrace: error: signals are no longer passed on to the program: %s\n" % error)
+        status = os.waitpid(pid, 0)[1]
     duration_ms = (time.monotonic() - started) * 1000
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
