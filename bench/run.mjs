@@ -19,7 +19,7 @@ import { readerThroughput } from './reader.mjs';
 
 const WORKLOADS = [
   'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions',
-  'compute', 'compute-instructions', 'flask', 'startup', 'reader', 'incumbent',
+  'compute', 'compute-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
 const cli = join(root, 'dist', 'cli.js');
@@ -104,11 +104,6 @@ const FIDELITY_LABELS = [
 
 function report(name, unit, values, extra = {}) {
   results.workloads[name] = { unit, ...stats(values), samples: values, ...extra };
-}
-
-/** A figure that cannot be measured yet: printed and written as such, never as a number. */
-function placeholder(name, unit, status) {
-  results.workloads[name] = { unit, status };
 }
 
 /**
@@ -254,9 +249,48 @@ if (selected('startup')) {
   }
   report('start-up added: retrace record (CLI, Node included)', 'ms', viaCli);
   report('start-up added: recording hook alone (no CLI)', 'ms', viaHook);
-  // The env-var hook (`retrace install-hook`: a .pth in the environment that starts
-  // recording when an environment variable asks for it) does not exist yet.
-  placeholder('start-up added: env-var hook installed, off', 'ms', 'not built yet (`retrace install-hook`)');
+}
+
+// The env-var hook (`retrace install-hook`): `python3 -c pass` in a venv with the hook
+// installed (RETRACE unset) against the same in an identical venv without it, interleaved,
+// many runs (the difference is a fraction of a millisecond in a ~10 ms start).
+if (selected('hook-startup')) {
+  const runs = Number(option('--hook-runs', '300'));
+  const venv = (name) => {
+    const dir = join(scratch, name);
+    timed(python, ['-m', 'venv', '--without-pip', dir]);
+    return join(dir, 'bin', 'python');
+  };
+  const bare = venv('venv-bare');
+  const hooked = venv('venv-hooked');
+  timed(process.execPath, [cli, 'install-hook', '--python', hooked]);
+  const env = { ...process.env };
+  delete env.RETRACE;
+  const added = [];
+  const bareMs = [];
+  const hookedMs = [];
+  for (let i = 0; i < runs; i++) {
+    const a = timed(bare, ['-c', 'pass'], env).ms;
+    const b = timed(hooked, ['-c', 'pass'], env).ms;
+    bareMs.push(a);
+    hookedMs.push(b);
+    added.push(b - a);
+  }
+  const onAdded = [];
+  for (let i = 0; i < Math.max(rounds, 9); i++) {
+    const dir = freshDir();
+    const plain = timed(bare, ['-c', 'pass'], env).ms;
+    onAdded.push(timed(hooked, ['-c', 'pass'], { ...env, RETRACE: '1', RETRACE_RECORDING_PATH: dir }).ms - plain);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const median = (values) => stats(values).median;
+  report('start-up added: env-var hook installed, off', 'ms', added, {
+    runs,
+    medianWithout: median(bareMs),
+    medianWith: median(hookedMs),
+    differenceOfMedians: median(hookedMs) - median(bareMs),
+  });
+  report('start-up added: env-var hook, RETRACE=1 (records)', 'ms', onAdded);
 }
 
 if (selected('reader')) {

@@ -2,25 +2,14 @@
  * The full command-line parser (yargs), loaded only for help, usage errors and the commands
  * that are not on the `record` / `replay` fast path.
  */
-import { readFileSync } from "node:fs";
-import { join } from "node:path";
 import yargs from "yargs";
 import { splitRecordArgs } from "./cli-args.js";
 import { EXIT_USAGE, RetraceError } from "./errors.js";
-import { packageRoot } from "./paths.js";
+import { packageVersion } from "./paths.js";
 import { record } from "./record.js";
 import { replay } from "./replay.js";
 
-function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version?: unknown };
-    return typeof pkg.version === "string" ? pkg.version : "unknown";
-  } catch {
-    return "unknown";
-  }
-}
-
-const COMMANDS = ["record", "replay", "inspect", "pack", "unpack"];
+const COMMANDS = ["record", "replay", "inspect", "pack", "unpack", "install-hook", "uninstall-hook"];
 
 /** Levenshtein distance, for "did you mean". */
 function editDistance(a: string, b: string): number {
@@ -154,6 +143,36 @@ export async function runYargs(argv: string[]): Promise<void> {
       async (args) => {
         const { unpack } = await import("./pack.js");
         await unpack({ file: args.file, output: args.output });
+      },
+    )
+    .command(
+      "install-hook",
+      "Install the start-up hook: RETRACE=1 RETRACE_RECORDING_PATH=DIR python app.py then records",
+      (y) =>
+        y
+          .usage(
+            "$0 install-hook [--python PY]\n\n" +
+              "Writes retrace-hook.pth and a copy of retrace's Python package (retrace/) into PY's site-packages\n" +
+              "(a venv's own with a venv's python). Then `RETRACE=1 RETRACE_RECORDING_PATH=DIR PY app.py` records\n" +
+              "into DIR exactly as `retrace record -o DIR -- PY app.py` does, and `PY -m retrace --recording DIR`\n" +
+              "replays. Without RETRACE=1 the hook does nothing. Run it again after upgrading retrace.",
+          )
+          .option("python", { type: "string", describe: "The interpreter to hook (default: python3 on PATH)" }),
+      async (args) => {
+        const { installHook } = await import("./hook.js");
+        installHook({ python: args.python });
+      },
+    )
+    .command(
+      "uninstall-hook",
+      "Remove what install-hook wrote",
+      (y) =>
+        y
+          .usage("$0 uninstall-hook [--python PY]\n\nRemoves retrace-hook.pth and the retrace/ package that install-hook wrote into PY's site-packages.")
+          .option("python", { type: "string", describe: "The interpreter to unhook (default: python3 on PATH)" }),
+      async (args) => {
+        const { uninstallHook } = await import("./hook.js");
+        uninstallHook({ python: args.python });
       },
     )
     .epilogue(

@@ -1,5 +1,5 @@
 /** Where the package's own files are, relative to the running bundle. */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -30,4 +30,14 @@ export function packageRoot(): string {
 /** The directory prepended to PYTHONPATH: it holds retrace's `sitecustomize.py`. */
 export function bootDir(): string {
   return join(packageRoot(), "python", "retrace", "_boot");
+}
+
+/** The package's version (package.json), or "unknown". */
+export function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(join(packageRoot(), "package.json"), "utf8")) as { version?: unknown };
+    return typeof pkg.version === "string" ? pkg.version : "unknown";
+  } catch {
+    return "unknown";
+  }
 }
