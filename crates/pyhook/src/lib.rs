@@ -22,6 +22,7 @@ mod sqlite;
 mod gil;
 mod handlers;
 mod hooks;
+mod identity;
 mod imports;
 mod session;
 mod signals;
@@ -180,6 +181,10 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         libc::pthread_atfork(None, None, Some(in_forked_child));
     }
     let mut warnings = Vec::new();
+    // SAFETY: the GIL is held (we have a token), and the program has not started.
+    if let Err(e) = unsafe { identity::install() } {
+        warnings.push(format!("hashes of objects stay address-based: {e}"));
+    }
     if let Err(e) = gc::start(py, is_record) {
         warnings.push(format!("garbage collections are not kept in step: {e}"));
     }

@@ -49,6 +49,12 @@ impl State {
     }
 }
 
+thread_local! {
+    /// The calling thread's index once known (see [`Threads::current`]); `u32::MAX` before.
+    /// Read where our state cannot be borrowed (identity hashes, see `identity.rs`).
+    pub static THREAD_INDEX: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
+
 /// Recorder-assigned thread indices (0 = the thread that started the session, normally
 /// the main thread) and each thread's pass-through gate.
 pub struct Threads {
@@ -81,6 +87,7 @@ impl Threads {
         };
         self.last_id = id;
         self.last_index = index;
+        THREAD_INDEX.with(|t| t.set(index));
         index
     }
 
@@ -105,6 +112,7 @@ impl Threads {
         self.by_id.get_or_insert_with(HashMap::new).insert(id, index);
         self.last_id = id;
         self.last_index = index;
+        THREAD_INDEX.with(|t| t.set(index));
     }
 
     /// True when the calling thread's calls pass through untouched.
