@@ -8,6 +8,7 @@
  * "Threads") more likely to show.
  */
 import test, { type ExecutionContext } from "ava";
+import { openRecording } from "../ts/api.js";
 import { assertReplaysLike, recordAndReplay, replayOffline, type RecordAndReplayResult } from "./helpers.js";
 
 const REPLAYS = 20;
@@ -35,9 +36,9 @@ test.serial("the threading family: Lock, RLock, Condition, Semaphore, Barrier, E
         return n * n
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
         futures = [pool.submit(work, i) for i in range(12)]
-        # as_completed yields futures already done from a set, in address order: not
-        # guaranteed at replay (ARCHITECTURE.md, "Threads"), so the order is not printed.
-        print(sorted(f.result() for f in concurrent.futures.as_completed(futures)))
+        # as_completed yields the futures already done from a set: in hash order, which
+        # identity hashes make the same at replay (ARCHITECTURE.md, "Identity hashes").
+        print([f.result() for f in concurrent.futures.as_completed(futures)])
     print(order)
     sem, barrier, local, seen = threading.Semaphore(2), threading.Barrier(3), threading.local(), []
     rlock = threading.RLock()
@@ -125,11 +126,10 @@ test.serial("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP 
         await asyncio.gather(*workers)
         print(out)
         done = []
-        # asyncio.as_completed registers its callbacks from a set: the order of futures done
-        # in the same loop iteration depends on addresses, so it is not printed.
+        # asyncio.as_completed registers its callbacks from a set (see above).
         for next_done in asyncio.as_completed([asyncio.sleep(random.random() / 50, result=i) for i in range(5)]):
             done.append(await next_done)
-        print(sorted(done))
+        print(done)
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         print(await asyncio.gather(*(client(port, i) for i in range(4))))
@@ -147,6 +147,101 @@ test.serial("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP 
     asyncio.run(main())
   `);
   t.regex(r.record.stdout, /\['HELLO 0', 'HELLO 1', 'HELLO 2', 'HELLO 3'\]\nfrom a thread\n$/);
+  await replaysAlike(t, r);
+});
+
+test.serial("garbage collection: finalizers and weakref callbacks that reach boundaries run at the same points, on every thread", async (t) => {
+  const r = await recordAndReplay(`
+    import gc, hashlib, os, threading, time, weakref
+    log, log_lock = [], threading.Lock()
+    def note(*item):
+        with log_lock:
+            log.append(item)
+    class Node:
+        # Cyclic garbage: only the collector frees it, and its finalizer reaches boundaries.
+        def __init__(self, tag, i):
+            self.tag, self.i, self.me = tag, i, self
+        def __del__(self):
+            note("del", self.tag, self.i, os.urandom(2).hex())
+    class Watched:
+        def __init__(self):
+            self.me = self
+    def work(tag, n):
+        for i in range(n):
+            Node(tag, i)
+            w = Watched()
+            weakref.finalize(w, note, "finalize", tag, i)
+            weakref.ref(w, lambda r, i=i: note("weakref", tag, i, time.monotonic_ns() % 1000))
+            del w
+            if i % 40 == 0:
+                note("main", tag, i, os.urandom(1)[0])
+    threshold = gc.get_threshold()
+    work("main", 3000)
+    # Collections on other threads, one thread at a time: garbage whose finalizers reach
+    # boundaries, made by threads running at once, is not guaranteed (ARCHITECTURE.md,
+    # "Garbage collection").
+    for k in range(2):
+        th = threading.Thread(target=work, args=("t%d" % k, 1500))
+        th.start()
+        th.join()
+    # Threads making cyclic garbage at once, with quiet finalizers, and boundary calls.
+    class Quiet:
+        def __init__(self):
+            self.me = self
+        def __del__(self):
+            pass
+    def churn(tag):
+        for i in range(3000):
+            Quiet()
+            if i % 100 == 0:
+                note("churn", tag, i, os.urandom(1)[0])
+    threads = [threading.Thread(target=churn, args=("c%d" % k,)) for k in range(3)]
+    for th in threads: th.start()
+    for th in threads: th.join()
+    gc.collect()
+    gc.disable()
+    work("off", 100)
+    gc.enable()
+    print("threshold unchanged:", gc.get_threshold() == threshold)
+    print("events", len(log), [e[0] for e in log[:4]])
+    print("digest", hashlib.sha256(repr(log).encode()).hexdigest())
+  `);
+  t.regex(r.record.stdout, /^threshold unchanged: True\nevents 1\d{4} /);
+  const recording = await openRecording(r.recording);
+  let collections = 0;
+  for await (const event of recording.events()) if (event.kind === "collect") collections++;
+  t.true(collections > 10, `only ${collections} collections were recorded`);
+  await replaysAlike(t, r);
+});
+
+test.serial("sets of objects hashed by address iterate alike at replay: plain sets, WeakSet, asyncio.wait, as_completed, threads", async (t) => {
+  const r = await recordAndReplay(`
+    import asyncio, concurrent.futures, random, threading, time, weakref
+    class Job:
+        def __init__(self, n): self.n = n
+        def __repr__(self): return "Job%d" % self.n
+    jobs = {Job(i) for i in range(40)}
+    print("set:", list(jobs))
+    print("WeakSet:", [j.n for j in weakref.WeakSet(jobs)])
+    print("object.__hash__ agrees:", all(hash(j) == object.__hash__(j) for j in jobs))
+    async def work(n):
+        await asyncio.sleep(random.random() / 200)
+        return n
+    async def main():
+        tasks = [asyncio.ensure_future(work(i)) for i in range(12)]
+        done, pending = await asyncio.wait(tasks, timeout=0.004)
+        print("asyncio.wait:", [t.result() for t in done], len(pending))
+        await asyncio.gather(*pending)
+    asyncio.run(main())
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(lambda i=i: time.sleep(random.random() / 100) or i) for i in range(10)]
+        print("as_completed:", [f.result() for f in concurrent.futures.as_completed(futures)])
+    threads = {threading.Thread(target=time.sleep, args=(0.001,), name="t%d" % i) for i in range(6)}
+    for th in threads: th.start()
+    for th in threads: th.join()
+    print("threads:", [th.name for th in threads])
+  `);
+  t.regex(r.record.stdout, /object.__hash__ agrees: True\n/);
   await replaysAlike(t, r);
 });
 
