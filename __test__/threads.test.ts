@@ -8,8 +8,25 @@
  * "Threads") more likely to show.
  */
 import test, { type ExecutionContext } from "ava";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
+import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { openRecording } from "../ts/api.js";
-import { assertReplaysLike, recordAndReplay, replayOffline, type RecordAndReplayResult } from "./helpers.js";
+import {
+  PYTHON,
+  assertReplaysLike,
+  freePort,
+  makeTempDir,
+  recordAndReplay,
+  replayOffline,
+  runCli,
+  runProcess,
+  venvPython,
+  writeProgram,
+  type RecordAndReplayResult,
+} from "./helpers.js";
 
 const REPLAYS = 20;
 
@@ -243,6 +260,106 @@ test.serial("sets of objects hashed by address iterate alike at replay: plain se
   `);
   t.regex(r.record.stdout, /object.__hash__ agrees: True\n/);
   await replaysAlike(t, r);
+});
+
+
+test.serial("a threaded Flask service: concurrent clients not recorded, a lock around sqlite, calls to another service through requests, stopped by SIGTERM; replays offline the same every time", async (t) => {
+  const dir = await makeTempDir("flask-threaded");
+  const [port, peerPort] = [await freePort(), await freePort()];
+  const peerPath = await writeProgram(
+    dir,
+    "peer.py",
+    `
+    import http.server, json, sys
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"price": len(self.path) * 3}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    print("ready", flush=True)
+    server.serve_forever()
+    `,
+  );
+  const app = await writeProgram(
+    dir,
+    "app.py",
+    `
+    import os, sqlite3, sys, threading, time
+    import requests
+    from flask import Flask, jsonify, request
+    app = Flask(__name__)
+    lock = threading.Lock()
+    conn = sqlite3.connect(os.path.join(os.path.dirname(__file__), "orders.db"), check_same_thread=False)
+    conn.execute("create table if not exists orders (id integer primary key, item text, price int, at real)")
+    peer = "http://127.0.0.1:%s" % os.environ["PEER_PORT"]
+    @app.post("/orders")
+    def create():
+        item = request.json["item"]
+        price = requests.get(peer + "/price/" + item, timeout=5).json()["price"]
+        with lock:
+            new = conn.execute("insert into orders (item, price, at) values (?, ?, ?)", (item, price, time.time())).lastrowid
+            conn.commit()
+            print("created", new, item, price, threading.current_thread().name != "MainThread", flush=True)
+        return jsonify(id=new, price=price), 201
+    @app.get("/orders")
+    def listing():
+        with lock:
+            rows = conn.execute("select id, item, price from orders order by id").fetchall()
+        print("listed", len(rows), flush=True)
+        return jsonify(rows)
+    app.run(host="127.0.0.1", port=int(sys.argv[1]))
+    `,
+  );
+  const peer = spawn(PYTHON, [peerPath, String(peerPort)], { stdio: ["ignore", "pipe", "inherit"] });
+  await new Promise<void>((resolve) => peer.stdout.setEncoding("utf8").on("data", (c: string) => c.includes("ready") && resolve()));
+  let record;
+  try {
+    let cliPid = 0;
+    const recordDone = runCli(["record", "-o", join(dir, "rec"), "--", venvPython(), app, String(port)], {
+      cwd: dir,
+      env: { PEER_PORT: String(peerPort) },
+      onSpawn: (child) => {
+        cliPid = child.pid ?? 0;
+      },
+    });
+    const base = `http://127.0.0.1:${port}`;
+    for (let i = 0; i < 100; i++) {
+      try {
+        await fetch(`${base}/orders`);
+        break;
+      } catch {
+        await sleep(100);
+      }
+    }
+    // Concurrent clients: their order of arrival is whatever the machine makes of it.
+    const items = ["apple", "pear", "fig", "banana", "kiwi", "plum", "grape", "melon"];
+    const created = await Promise.all(
+      items.map((item) =>
+        fetch(`${base}/orders`, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ item }) }).then((r) => r.status),
+      ),
+    );
+    t.deepEqual(created, items.map(() => 201));
+    t.is((await fetch(`${base}/orders`)).status, 200);
+    const children = await runProcess("pgrep", ["-P", String(cliPid)]);
+    for (const pid of children.stdout.split("\n").filter(Boolean)) process.kill(Number(pid), "SIGTERM");
+    record = await recordDone;
+  } finally {
+    peer.kill();
+  }
+  t.is(record.signal, "SIGTERM", record.stderr);
+  t.is(record.stdout.split("\n").filter((l) => l.startsWith("created")).length, 8);
+  t.regex(record.stdout, /listed 8\n/);
+  await rm(join(dir, "orders.db"));
+  for (let i = 0; i < REPLAYS; i += 2) {
+    const pair = await Promise.all([replayOffline(join(dir, "rec"), dir), replayOffline(join(dir, "rec"), dir)]);
+    for (const replay of pair) assertReplaysLike(t, record, replay);
+  }
+  t.false(existsSync(join(dir, "orders.db")), "the replay created the database again");
 });
 
 test.serial("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {

@@ -48,13 +48,41 @@ pub unsafe fn boundary(
     }
 }
 
+/// Records that a call giving descriptor `fd` back to the kernel starts (a `close`, which
+/// releases the GIL while it closes). The call's own event is written when it returns, and
+/// by then another thread may have been given the same descriptor number: this event,
+/// written first, keeps the release before that reuse in the recorded schedule.
+///
+/// # Safety
+/// GIL held.
+pub unsafe fn record_release_start(fd: std::os::raw::c_int) {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if mode() != MODE_RECORD || !is_active() {
+            return;
+        }
+        let marker = crate::hooks::hook(crate::hooks::HookId::descriptor_release);
+        record_with(marker, |rec| {
+            rec.enc.call(marker.id, marker.digest(|| fd as u32));
+            rec.enc.none();
+        });
+    }
+}
+
 /// Replays a call that releases a stand-in (a `close`): takes the recorded outcome, then
 /// really releases the stand-in whatever was recorded (so later use fails as it did), then
-/// returns the recorded outcome.
+/// returns the recorded outcome. With `fd`, the recording has the release's start first
+/// (see [`record_release_start`]): the release happens at its turn, and the outcome is
+/// taken at its own.
 ///
 /// # Safety
 /// GIL held; `release` performs the original call on the stand-in.
-pub unsafe fn replay_releasing<R>(hook: &'static Hook, digest: Option<u32>, release: impl FnOnce() -> R) -> *mut ffi::PyObject {
+pub unsafe fn replay_releasing<R>(
+    hook: &'static Hook,
+    digest: Option<u32>,
+    fd: Option<std::os::raw::c_int>,
+    release: impl FnOnce() -> R,
+) -> *mut ffi::PyObject {
     // SAFETY: per the caller's guarantee.
     unsafe {
         let py = py();
@@ -67,9 +95,21 @@ pub unsafe fn replay_releasing<R>(hook: &'static Hook, digest: Option<u32>, rele
             })
         };
         with_replayer(&|rep, thread| rep.defer_turn(thread));
-        let replayed = replay_take(hook, digest);
-        drop(release());
-        with_replayer(&|rep, thread| rep.hand_on(thread));
+        let replayed = match fd {
+            Some(fd) => {
+                let marker = crate::hooks::hook(crate::hooks::HookId::descriptor_release);
+                drop(replay_take(marker, marker.digest(|| fd as u32)));
+                drop(release());
+                with_replayer(&|rep, thread| rep.hand_on(thread));
+                replay_take(hook, digest)
+            }
+            None => {
+                let replayed = replay_take(hook, digest);
+                drop(release());
+                with_replayer(&|rep, thread| rep.hand_on(thread));
+                replayed
+            }
+        };
         outcome_object(replayed)
     }
 }

@@ -52,20 +52,45 @@ pub fn untrack(fd: c_int) {
     STATE.with(py, |s| s.fds.remove(&fd));
 }
 
+/// How long a replay waits for a descriptor number another thread holds for a moment.
+const FREE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits, without the GIL, while `fd` is open with something that is not one of our
+/// stand-ins. Such a descriptor is opened live at replay, usually for a moment: the import
+/// system reading a module on another thread. When recorded, that thread had not opened
+/// it yet, or had closed it already, when this descriptor number was given out.
+fn wait_until_free(fd: c_int) -> Result<(), String> {
+    let in_use = || {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+    };
+    let started = std::time::Instant::now();
+    while in_use() && !is_tracked(fd) {
+        if started.elapsed() > FREE_PATIENCE {
+            let what = std::fs::read_link(format!("/proc/self/fd/{fd}")).map(|p| format!(" (by {})", p.display())).unwrap_or_default();
+            return Err(format!("descriptor {fd}, which the recorded program opened, is already in use at replay{what}"));
+        }
+        // SAFETY: called from hooks with the GIL held; it is given up for the sleep, so the
+        // thread holding the descriptor can go on, and taken back.
+        unsafe {
+            let saved = pyo3::ffi::PyEval_SaveThread();
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            pyo3::ffi::PyEval_RestoreThread(saved);
+        }
+    }
+    Ok(())
+}
+
 /// At replay: creates a stand-in of `kind` at descriptor number `fd` and tracks it.
 /// Fails when `fd` is already open with something that is not ours to replace.
 pub fn materialize(fd: c_int, kind: FdKind) -> Result<(), String> {
     if fd < 0 {
         return Err(format!("the recording holds an invalid descriptor {fd}"));
     }
+    wait_until_free(fd)?;
     // SAFETY: plain descriptor system calls on descriptors we create; a descriptor that is
     // open already is only replaced when it is one of our own stand-ins (tracked).
     unsafe {
-        if libc::fcntl(fd, libc::F_GETFD) != -1 && !is_tracked(fd) {
-            return Err(format!(
-                "descriptor {fd}, which the recorded program opened, is already in use at replay"
-            ));
-        }
         let standin = match kind {
             FdKind::File => libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC),
             FdKind::Socket { family, kind, proto } => {

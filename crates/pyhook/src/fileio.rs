@@ -339,13 +339,17 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
-        untrack(fd_field(call.slf()));
+        let fd = fd_field(call.slf());
+        untrack(fd);
         match mode() {
             MODE_REPLAY if is_active() => {
                 let digest = hook.digest(|| call.digest());
-                crate::dispatch::replay_releasing(hook, digest, || crate::dispatch::discard(call.call_original(original)))
+                crate::dispatch::replay_releasing(hook, digest, Some(fd), || crate::dispatch::discard(call.call_original(original)))
             }
-            _ => boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original)),
+            _ => {
+                crate::dispatch::record_release_start(fd);
+                boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original))
+            }
         }
     }
 }

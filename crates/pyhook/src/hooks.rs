@@ -500,6 +500,7 @@ hook_table! {
     gc_collect => "gc.collect", "gc", ["collect"], Method, Handler::Gc(GcOp::Collect);
     gc_get_threshold => "gc.get_threshold", "gc", ["get_threshold"], Method, Handler::Gc(GcOp::GetThreshold);
     gc_set_threshold => "gc.set_threshold", "gc", ["set_threshold"], Method, Handler::Gc(GcOp::SetThreshold);
+    descriptor_release => "retrace.descriptor_release", "retrace", ["descriptor_release"], Python, Handler::Generic;
 }
 
 impl Hook {

@@ -194,11 +194,12 @@ unsafe fn close(hook: &'static Hook, digest: Option<u32>, fd: c_int, live: impl 
     unsafe {
         untrack(fd);
         if mode() == MODE_RECORD {
+            crate::dispatch::record_release_start(fd);
             let result = live();
             record_outcome(hook, digest, result);
             return result;
         }
-        crate::dispatch::replay_releasing(hook, digest, || libc::close(fd))
+        crate::dispatch::replay_releasing(hook, digest, Some(fd), || libc::close(fd))
     }
 }
 

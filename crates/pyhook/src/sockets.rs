@@ -216,9 +216,12 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
                 untrack(fd);
                 match mode() {
                     MODE_REPLAY if is_active() => {
-                        crate::dispatch::replay_releasing(hook, digest(), || crate::dispatch::discard(call.call_original(original)))
+                        crate::dispatch::replay_releasing(hook, digest(), Some(fd), || crate::dispatch::discard(call.call_original(original)))
                     }
-                    _ => boundary(hook, digest, || call.call_original(original)),
+                    _ => {
+                        crate::dispatch::record_release_start(fd);
+                        boundary(hook, digest, || call.call_original(original))
+                    }
                 }
             }
             SockOp::Accept => accept(hook, call, digest()),

@@ -188,7 +188,7 @@ pub unsafe fn method(hook: &'static Hook, op: SqliteOp, call: RawCall) -> *mut f
             SqliteOp::ConnectionExecute | SqliteOp::CursorExecute => execute(hook, op, call, digest),
             SqliteOp::Fetch => fetch(hook, call.slf(), digest, || call.call_original(original)),
             SqliteOp::Close if mode() == MODE_REPLAY => {
-                crate::dispatch::replay_releasing(hook, digest, || crate::dispatch::discard(call.call_original(original)))
+                crate::dispatch::replay_releasing(hook, digest, None, || crate::dispatch::discard(call.call_original(original)))
             }
             SqliteOp::Close => crate::dispatch::boundary(hook, || digest, || call.call_original(original)),
         }
