@@ -19,7 +19,7 @@ import { readerThroughput } from './reader.mjs';
 
 const WORKLOADS = [
   'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions',
-  'compute', 'compute-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
+  'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
 const cli = join(root, 'dist', 'cli.js');
@@ -151,6 +151,12 @@ if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(1
 // A round trip is 4 intercepted calls: send, recv, send, recv.
 if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);
 if (selected('socket-instructions')) perCallInstructions('socket: loopback send/recv', 'socket_loop.py', 10000, 4);
+
+// The quiet sources of divergence (ARCHITECTURE.md, "Garbage collection", "Identity
+// hashes") and the thread schedule: what they add to the program's own work.
+if (selected('gc-instructions')) perCallInstructions('cyclic garbage: a self-referencing list', 'gc_churn.py', 200000, 1);
+if (selected('hash-instructions')) perCallInstructions('identity hash: dict and set lookups by object', 'hash_loop.py', 100000, 2);
+if (selected('lock-instructions')) perCallInstructions('schedule point: Lock acquire/release', 'lock_loop.py', 50000, 2);
 
 if (selected('compute')) {
   const recordRatio = [];

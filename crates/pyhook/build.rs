@@ -1,10 +1,10 @@
-//! Compiles `csrc/gc_state.c` against the internal headers of the interpreter PyO3 builds
+//! Compiles `csrc/internals.c` against the internal headers of the interpreter PyO3 builds
 //! for (`PYO3_PYTHON`, else `python3`), the one whose layout the extension must match.
 
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=csrc/gc_state.c");
+    println!("cargo:rerun-if-changed=csrc/internals.c");
     println!("cargo:rerun-if-env-changed=PYO3_PYTHON");
     let python = std::env::var("PYO3_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let output = Command::new(&python)
@@ -14,8 +14,8 @@ fn main() {
     assert!(output.status.success(), "{python} could not report its include directory");
     let include = String::from_utf8(output.stdout).expect("include path is UTF-8");
     cc::Build::new()
-        .file("csrc/gc_state.c")
+        .file("csrc/internals.c")
         .include(include.trim())
         .warnings(false)
-        .compile("retrace_gc_state");
+        .compile("retrace_internals");
 }

@@ -15,7 +15,7 @@
 //! COLLECT, the real threshold is set to the count plus `after`: CPython then starts the
 //! collection itself, at the same allocation as when recorded, and our callback takes the
 //! event. Between recorded collections the threshold is raised a hundredfold. The
-//! counters are read and set through the interpreter's internal state (`csrc/gc_state.c`,
+//! counters are read and set through the interpreter's internal state (`csrc/internals.c`,
 //! compiled against the headers of the exact Python version), a load and a store per hook.
 //!
 //! Should the count not get there (other threads allocating in another interleaving), the

@@ -18,7 +18,8 @@
 //! when the session starts: they were hashed already, and a hash must not change.
 //!
 //! Cost: the first hash of an object creates a weak reference and two table entries
-//! (~150 bytes while it lives); later hashes are one table lookup instead of a shift.
+//! (~150 bytes while it lives); later hashes are a lookup in a small direct-mapped cache,
+//! or in the table, instead of a shift.
 
 use crate::session::THREAD_INDEX;
 use pyo3::ffi;
@@ -33,7 +34,12 @@ static ADDRESS_HASH: OnceLock<ffi::hashfunc> = OnceLock::new();
 /// The callback of our weak references (a builtin function made once).
 static FORGET: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
+/// Slots of the direct-mapped cache in front of the table.
+const RECENT: usize = 4096;
+
 struct Table {
+    /// Recently used entries, by address bits: a hit costs a load and a compare.
+    recent: Box<[(usize, ffi::Py_hash_t)]>,
     /// The hash assigned to the object at an address.
     by_address: FxHashMap<usize, ffi::Py_hash_t>,
     /// The object (address) each of our weak references watches.
@@ -62,6 +68,10 @@ unsafe extern "C" fn forget(_slf: *mut ffi::PyObject, weakref: *mut ffi::PyObjec
         if let Some(table) = (*TABLE.0.get()).as_mut() {
             if let Some(address) = table.by_weakref.remove(&(weakref as usize)) {
                 table.by_address.remove(&address);
+                let slot = &mut table.recent[recent_slot(address)];
+                if slot.0 == address {
+                    *slot = (0, 0);
+                }
                 table.dead.push(weakref);
             }
         }
@@ -79,6 +89,10 @@ static FORGET_DEF: CallbackDef = CallbackDef(UnsafeCell::new(ffi::PyMethodDef {
     ml_doc: std::ptr::null(),
 }));
 
+fn recent_slot(address: usize) -> usize {
+    (address >> 4) & (RECENT - 1)
+}
+
 /// The class's name, digested: keeps serials of different classes apart in a set.
 fn class_digest(tp: *mut ffi::PyTypeObject) -> u64 {
     // SAFETY: a live type object's tp_name is a NUL-terminated string.
@@ -92,7 +106,13 @@ unsafe extern "C" fn identity_hash(obj: *mut ffi::PyObject) -> ffi::Py_hash_t {
     unsafe {
         let Some(&address_hash) = ADDRESS_HASH.get() else { return -1 };
         let Some(table) = (*TABLE.0.get()).as_mut() else { return address_hash(obj) };
+        let slot = recent_slot(obj as usize);
+        let (cached, cached_hash) = table.recent[slot];
+        if cached == obj as usize {
+            return cached_hash;
+        }
         if let Some(&hash) = table.by_address.get(&(obj as usize)) {
+            table.recent[slot] = (obj as usize, hash);
             return hash;
         }
         let tp = ffi::Py_TYPE(obj);
@@ -133,6 +153,7 @@ unsafe fn remember(table: &mut Table, obj: *mut ffi::PyObject, hash: ffi::Py_has
             return false;
         }
         table.by_address.insert(obj as usize, hash);
+        table.recent[recent_slot(obj as usize)] = (obj as usize, hash);
         table.by_weakref.insert(weakref as usize, obj as usize);
         true
     }
@@ -212,7 +233,7 @@ pub unsafe fn install() -> Result<(), String> {
             return Err("cannot create the weak reference callback".into());
         }
         FORGET.store(forget, Ordering::Relaxed);
-        let mut table = Table { by_address: FxHashMap::default(), by_weakref: FxHashMap::default(), dead: Vec::new() };
+        let mut table = Table { recent: vec![(0, 0); RECENT].into_boxed_slice(), by_address: FxHashMap::default(), by_weakref: FxHashMap::default(), dead: Vec::new() };
         keep_hashes_in_use(&mut table, original);
         *TABLE.0.get() = Some(table);
         let ours: ffi::hashfunc = identity_hash;

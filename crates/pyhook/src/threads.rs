@@ -21,6 +21,12 @@ use crate::session::{mode, py, Replayed, MODE_RECORD, MODE_REPLAY, STATE};
 use pyo3::ffi;
 use retrace_recorder::Value;
 
+extern "C" {
+    // `csrc/internals.c`: a code object's names, borrowed, without building objects.
+    fn retrace_code_filename(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
+    fn retrace_code_name(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
+}
+
 /// The locks `_thread._set_sentinel` made (3.11, 3.12): each is held by its thread's
 /// state and released by CPython, in C, when the thread ends; `Thread.join` waits on it.
 /// A blocking acquire (and the release after it) on such a lock is not a schedule point:
@@ -117,13 +123,10 @@ unsafe fn unscheduled_caller() -> bool {
         }
         // A comprehension (`[... for lock in locks if not lock.locked()]`, its own frame
         // before 3.12) is judged by the function it is in.
-        let mut code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+        let mut code = ffi::PyFrame_GetCode(frame);
         let mut owned_frame: *mut ffi::PyFrameObject = std::ptr::null_mut();
         for _ in 0..2 {
-            let name = ffi::PyObject_GetAttrString(code, c"co_name".as_ptr());
-            let comprehension = !name.is_null() && crate::codec::utf8_of(name).is_some_and(|n| n.starts_with(b"<") && n != b"<module>");
-            ffi::Py_XDECREF(name);
-            ffi::PyErr_Clear();
+            let comprehension = crate::codec::utf8_of(retrace_code_name(code)).is_some_and(|n| n.starts_with(b"<") && n != b"<module>");
             if !comprehension {
                 break;
             }
@@ -134,31 +137,18 @@ unsafe fn unscheduled_caller() -> bool {
             ffi::Py_XDECREF(owned_frame.cast());
             owned_frame = back;
             frame = back;
-            ffi::Py_DECREF(code);
-            code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
+            ffi::Py_DECREF(code.cast());
+            code = ffi::PyFrame_GetCode(frame);
         }
         ffi::Py_XDECREF(owned_frame.cast());
-        let text = |name: &std::ffi::CStr| {
-            let v = ffi::PyObject_GetAttrString(code, name.as_ptr());
-            if v.is_null() {
-                ffi::PyErr_Clear();
-            }
-            v
-        };
-        let filename = text(c"co_filename");
-        let file = if filename.is_null() { None } else { crate::codec::utf8_of(filename) };
-        let unscheduled = match file {
+        let unscheduled = match crate::codec::utf8_of(retrace_code_filename(code)) {
             Some(f) if f.starts_with(b"<frozen importlib") || f.starts_with(b"<frozen zipimport") => true,
             Some(f) if f.ends_with(b"/threading.py") => {
-                let name = text(c"co_name");
-                let internal = !name.is_null() && crate::codec::utf8_of(name).is_some_and(|n| THREADING_INTERNALS.contains(&n));
-                ffi::Py_XDECREF(name);
-                internal
+                crate::codec::utf8_of(retrace_code_name(code)).is_some_and(|n| THREADING_INTERNALS.contains(&n))
             }
             _ => false,
         };
-        ffi::Py_XDECREF(filename);
-        ffi::Py_DECREF(code);
+        ffi::Py_DECREF(code.cast());
         unscheduled
     }
 }

@@ -1,10 +1,10 @@
-/* The young generation's allocation count and threshold of the cyclic garbage collector,
- * and a way to schedule a collection.
- *
- * CPython keeps these in its internal interpreter state and offers no C API to read them
- * without building a tuple (`gc.get_count()`), which is too slow for every boundary call.
- * This file is compiled against the interpreter's own internal headers, so the layout is
- * the one of the exact Python version the extension is built for (see build.rs). */
+/* Reads of CPython's own structures that its C API offers only at the price of building
+ * objects, too slow for every boundary call:
+ * - the young generation's allocation count and threshold of the cyclic garbage collector,
+ *   and a way to schedule a collection (see gc.rs);
+ * - a code object's file and function names (see threads.rs).
+ * This file is compiled against the interpreter's own headers, internal ones included, so
+ * the layouts are those of the exact Python version the extension is built for (build.rs). */
 #define Py_BUILD_CORE 1
 #include "Python.h"
 #include "internal/pycore_interp.h"
@@ -42,4 +42,13 @@ void retrace_gc_schedule(PyThreadState *tstate) {
 #else
     (void)tstate;
 #endif
+}
+
+/* A code object's `co_filename` and `co_name` (borrowed). */
+PyObject *retrace_code_filename(PyCodeObject *code) {
+    return code->co_filename;
+}
+
+PyObject *retrace_code_name(PyCodeObject *code) {
+    return code->co_name;
 }
