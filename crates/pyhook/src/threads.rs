@@ -269,6 +269,9 @@ pub unsafe fn start(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
+        if crate::debugger::foreign_call() {
+            return crate::debugger::start_thread(&call, original);
+        }
         let positional = call.positional();
         if positional.is_empty() || active_thread().is_none() || !matches!(mode(), MODE_RECORD | MODE_REPLAY) || crate::signals::nested() {
             return call.call_original(original);
