@@ -17,7 +17,9 @@ traces. This module makes that process look, to the program, like the one record
   snapshot `run/...`, mapped by the workspace's `pathMappings`, binds);
 * the debugger's own calls pass through (`crates/pyhook/src/debugger.rs`);
 * an uncaught exception is printed without our frames and the debugger's, as the
-  interpreter printed it when recording, and the process exits with status 1.
+  interpreter printed it when recording, and the process exits with status 1;
+* standard input is closed after the program's exit handlers, where the interpreter closed
+  it when recording (pydevd holds on to it).
 """
 
 import os
@@ -206,6 +208,13 @@ def replay(directory, debugger_dirs):
         frozen = "frozen_modules=off" not in (meta.get("orig_argv") or [])
         runpy = _frozen_runpy(types) if frozen else __import__("runpy")
 
+    # The interpreter closes standard input as it exits (a recorded call). Here pydevd keeps
+    # references to it, which may go at another moment or on its own threads: it is closed
+    # after the program's exit handlers instead (registered first, this one runs last).
+    import atexit
+
+    if sys.__stdin__ is not None:
+        atexit.register(_close_stdin, sys.__stdin__)
     _pyhook.debugger_attached(list(debugger_dirs))
     # pydevd replaced `_thread`'s thread starters with Python wrappers around the originals,
     # which are the ones to hook (the wrappers, calling them, stay in place).
@@ -237,6 +246,13 @@ def replay(directory, debugger_dirs):
     except BaseException as error:
         _print_uncaught(error, own_dir)
         raise SystemExit(1)
+
+
+def _close_stdin(stdin):
+    try:
+        stdin.close()
+    except Exception:
+        pass
 
 
 def _print_uncaught(error, own_dir):
