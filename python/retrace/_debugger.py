@@ -30,6 +30,11 @@ from retrace import _launch
 # Above the descriptors a program uses; the lowest free number from here on is taken.
 DESCRIPTOR_FLOORS = (1000, 500, 256)
 
+# The stdlib modules CPython 3.11-3.13 freezes by default (their frames are `<frozen NAME>`);
+# debugpy starts Python with `-X frozen_modules=off`, which loads them from their files.
+FROZEN_BY_DEFAULT = ("_collections_abc", "_sitebuiltins", "abc", "codecs", "genericpath", "importlib.machinery",
+                     "importlib.util", "io", "ntpath", "os", "posixpath", "runpy", "site", "stat")
+
 
 def attached():
     """The directories of the debugger's code when debugpy / pydevd runs this process (it
@@ -137,6 +142,39 @@ def _forget_modules(recorded, debugger_dirs):
         del sys.modules[name]
 
 
+def _refreeze(types):
+    """Names the frames of the modules CPython freezes by default `<frozen NAME>` again, as
+    the recorded interpreter did: a traceback through them then prints (and reads) what it
+    printed when recorded. Their functions get renamed copies of their code."""
+
+    def renamed(code, path, frozen):
+        consts = tuple(renamed(c, path, frozen) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=frozen, co_consts=consts) if code.co_filename == path else code
+
+    def visit(obj, path, frozen, seen):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            for part in (obj.fget, obj.fset, obj.fdel):
+                visit(part, path, frozen, seen)
+        elif isinstance(obj, types.FunctionType):
+            obj.__code__ = renamed(obj.__code__, path, frozen)
+        elif isinstance(obj, type) and getattr(obj, "__module__", None) in FROZEN_BY_DEFAULT:
+            for value in list(vars(obj).values()):
+                visit(value, path, frozen, seen)
+
+    for name in FROZEN_BY_DEFAULT:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            seen = set()
+            for value in list(vars(module).values()):
+                visit(value, path, "<frozen %s>" % name, seen)
+
+
 def _frozen_runpy(types):
     """`runpy` as the recorded interpreter ran `-m` with: frozen, its frames named
     `<frozen runpy>` (debugpy starts Python with `-X frozen_modules=off`)."""
@@ -193,6 +231,9 @@ def replay(directory, debugger_dirs):
         sys.path[:] = [path0] + recorded_path + debugger_path
     elif sys.path:
         sys.path[0] = path0
+    recorded_frozen = "frozen_modules=off" not in (meta.get("orig_argv") or [])
+    if recorded_frozen and getattr(sys, "_xoptions", {}).get("frozen_modules") == "off":
+        _refreeze(types)
     sys.argv[:] = list(meta.get("argv") or [""])
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
@@ -205,8 +246,7 @@ def replay(directory, debugger_dirs):
     sys.modules["__main__"] = main
     runpy = None
     if kind == "module":
-        frozen = "frozen_modules=off" not in (meta.get("orig_argv") or [])
-        runpy = _frozen_runpy(types) if frozen else __import__("runpy")
+        runpy = _frozen_runpy(types) if recorded_frozen else __import__("runpy")
 
     # The interpreter closes standard input as it exits (a recorded call). Here pydevd keeps
     # references to it, which may go at another moment or on its own threads: it is closed
@@ -257,8 +297,10 @@ def _close_stdin(stdin):
 
 def _print_uncaught(error, own_dir):
     """Prints an uncaught exception as the interpreter does, from the program's first frame."""
+    # No boundary calls of our own here (no os.path.abspath, which reads the cwd): the
+    # replay is on, and the printing's own file reads are the recorded ones.
     tb = error.__traceback__
-    while tb is not None and _under(os.path.abspath(tb.tb_frame.f_code.co_filename), [own_dir]):
+    while tb is not None and tb.tb_frame.f_code.co_filename.startswith(own_dir + os.sep):
         tb = tb.tb_next
     error.__traceback__ = tb
     sys.last_type, sys.last_value, sys.last_traceback = type(error), error, tb
