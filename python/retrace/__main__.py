@@ -128,6 +128,7 @@ def main(argv):
     if debugger_dirs is not None:
         # Started by a debugger (F5 in replay.code-workspace): the replay runs here, under it.
         _debugger.replay(directory, debugger_dirs)
+        return 0
     _launch.replay(directory)
     return 0
 

@@ -8,11 +8,12 @@
 //!
 //! A call is the debugger's when a frame of the debugger's code (files under the prefixes
 //! given to [`debugger_attached`]) is on the calling thread's stack, inside our own runner's
-//! frame (frames outside it are the debugger's launcher, which runs the program). Its
-//! threads, its trace function, a breakpoint's suspension and everything evaluated while
-//! the program is stopped (an expression, a `__repr__` of a variable shown) have such a
-//! frame; the program's code never does, except for pydevd's thread-start wrappers
-//! ([`TRANSPARENT`]), which only hand the program's threads on. Such a call behaves as
+//! frame (frames outside it are the debugger's launcher, which runs the program), or when the
+//! thread was started by the debugger. Its threads, its trace function, a breakpoint's
+//! suspension and everything evaluated while the program is stopped (an expression, a
+//! `__repr__` of a variable shown) have such a frame; the program's code never does, except
+//! for pydevd's thread-start wrappers ([`STARTERS`]), which only hand the program's threads
+//! on. Such a call behaves as
 //! with the pass-through gate open: it is neither replayed nor counted.
 //!
 //! Only a replay with a debugger attached walks stacks; recording never does.
@@ -36,10 +37,13 @@ thread_local! {
 /// Directories of the debugger's code, each ending with `/`.
 static PREFIXES: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
 
-/// pydevd's wrappers around the program's thread starts (`pydev_monkey.py`): they start the
-/// program's threads and call the program's thread function, so they do not make a call
-/// the debugger's. What they do for the debugger goes through other pydevd frames.
-const TRANSPARENT: &[&[u8]] = &[b"pydev_start_new_thread", b"pydev_start_joinable_thread", b"__call__"];
+/// pydevd's wrappers around the program's thread starts (`pydev_monkey.py`): the starter,
+/// which calls `_thread.start_new_thread` for the program, and the `__call__` that runs in the
+/// new thread, which calls the thread's function (`threading`'s `Thread._bootstrap`, or the
+/// function given to `_thread`). Neither makes a call the debugger's by being on the stack;
+/// what `__call__` does for the debugger goes through pydevd frames or `threading` helpers
+/// (`current_thread()`), which it calls itself: those calls are the debugger's.
+const STARTERS: &[&[u8]] = &[b"pydev_start_new_thread", b"pydev_start_joinable_thread"];
 const TRANSPARENT_FILE: &[u8] = b"/pydev_monkey.py";
 
 /// Tells the replay that a debugger runs in this process, its code under `prefixes`.
@@ -84,13 +88,33 @@ enum FrameKind {
     Other,
 }
 
-fn classify(file: &[u8], name: &[u8]) -> FrameKind {
+/// The frame a frame called (the next one inward), as far as [`classify`] cares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Callee {
+    /// None: the hooked call is made from the frame itself.
+    Hook,
+    /// A `threading` function other than `Thread._bootstrap` (a new thread's start).
+    ThreadingHelper,
+    Other,
+}
+
+fn callee_of(file: &[u8], name: &[u8]) -> Callee {
+    if file.ends_with(b"/threading.py") && name != b"_bootstrap" {
+        Callee::ThreadingHelper
+    } else {
+        Callee::Other
+    }
+}
+
+fn classify(file: &[u8], name: &[u8], callee: Callee) -> FrameKind {
     let own = crate::dispatch::OWN_SOURCE_PREFIX.get().map(|p| p.as_bytes());
     if own.is_some_and(|p| !p.is_empty() && file.starts_with(p)) {
         return FrameKind::Ours;
     }
-    let in_debugger = PREFIXES.get().is_some_and(|ps| ps.iter().any(|p| file.starts_with(p)));
-    if !in_debugger || (file.ends_with(TRANSPARENT_FILE) && TRANSPARENT.contains(&name)) {
+    if !PREFIXES.get().is_some_and(|ps| ps.iter().any(|p| file.starts_with(p))) {
+        return FrameKind::Other;
+    }
+    if file.ends_with(TRANSPARENT_FILE) && (STARTERS.contains(&name) || (name == b"__call__" && callee == Callee::Other)) {
         return FrameKind::Other;
     }
     FrameKind::Debugger
@@ -119,9 +143,14 @@ pub unsafe fn foreign_call() -> bool {
         ffi::PyErr_Fetch(&mut kind, &mut value, &mut traceback);
         ffi::Py_INCREF(frame.cast());
         let mut foreign = false;
+        let mut callee = Callee::Hook;
         while !frame.is_null() {
             let code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
-            let frame_kind = with_names(code, classify);
+            let frame_kind = with_names(code, |file, name| {
+                let kind = classify(file, name, callee);
+                callee = callee_of(file, name);
+                kind
+            });
             ffi::Py_DECREF(code);
             match frame_kind {
                 FrameKind::Debugger => foreign = true,
