@@ -11,7 +11,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, readdirSync, statSync } from "node:fs";
 import { cp, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { type CliResult, ROOT, childEnv, makeTempDir, programStderr, runCli, venvPython } from "./helpers.js";
+import { type CliResult, ROOT, childEnv, makeTempDir, programStderr, runCli, venvPython, writeProgram } from "./helpers.js";
 
 /** How long one step of a debug session may take before the test fails (not hangs). */
 const STEP_MS = 60_000;
@@ -356,6 +356,50 @@ test("F5 in a recording moved elsewhere: the configuration still replays it, the
   }
   const end = await finish(client);
   t.is(end.exitCode, 1, end.stderr);
+  t.is(end.stdout, record.stdout);
+  t.is(end.stderr, programStderr(record));
+});
+
+test("F5 on a threaded program: its threads, locks and queue replay next to the debugger's threads; a stop and the Debug Console shift nothing", async (t) => {
+  const dir = await makeTempDir("vscode-threads");
+  const program = await writeProgram(dir, "workers.py", `
+    import os, queue, random, threading, time
+    q = queue.Queue()
+    lock = threading.Lock()
+    total = []
+    def worker(n):
+        for i in range(3):
+            with lock:
+                total.append((n, i, os.urandom(2).hex()))
+            q.put((n, time.time() > 0, random.random()))
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    done = sorted(total)
+    print(done)
+    print(sorted(q.get()[0] for _ in range(6)))
+    print(random.random())
+  `);
+  const recording = join(dir, "recording");
+  const record = await runCli(["record", "-o", recording, "--", venvPython(), program], { cwd: dir });
+  t.is(record.code, 0, record.stderr);
+  const snapshot = join(recording, "run", program);
+  const line = (await readFile(snapshot, "utf8")).split("\n").findIndex((l) => l.startsWith("print(done)")) + 1;
+  const client = await startSession(t, recording, [{ path: snapshot, line }]);
+  const stopped = await client.event("stopped");
+  const threadId = stopped.body?.["threadId"] as number;
+  const { stackFrames } = (await client.request("stackTrace", { threadId })) as { stackFrames: { id: number }[] };
+  const frameId = stackFrames[0]?.id;
+  const done = await client.request("evaluate", { expression: "len(done), threading.active_count()", frameId, context: "repl" });
+  t.is(done["result"], "(6, 1)");
+  // The queue's lock, the entropy and the clock, taken by the Debug Console: live, not replayed.
+  const live = await client.request("evaluate", { expression: "q.qsize(), len(os.urandom(3)), time.time() > 0", frameId, context: "repl" });
+  t.is(live["result"], "(6, 3, True)");
+  await client.request("continue", { threadId });
+  const end = await finish(client);
+  t.is(end.exitCode, 0, end.stderr);
   t.is(end.stdout, record.stdout);
   t.is(end.stderr, programStderr(record));
 });

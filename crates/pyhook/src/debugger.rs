@@ -220,24 +220,7 @@ unsafe extern "C-unwind" fn debugger_thread_entry(slf: *mut ffi::PyObject, args:
     unsafe { ffi::PyObject_Call(slf, args, kwargs) }
 }
 
-struct EntryDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
-// SAFETY: never written after its static initialisation; CPython only reads it.
-unsafe impl Sync for EntryDef {}
-
-static ENTRY_DEF: EntryDef = EntryDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
-    ml_name: c"debugger_thread_entry".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
-        PyCFunctionWithKeywords: unsafe {
-            std::mem::transmute::<
-                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
-                ffi::PyCFunctionWithKeywords,
-            >(debugger_thread_entry)
-        },
-    },
-    ml_flags: ffi::METH_VARARGS | ffi::METH_KEYWORDS,
-    ml_doc: std::ptr::null(),
-}));
+static ENTRY_DEF: crate::threads::EntryDef = crate::threads::EntryDef::new(c"debugger_thread_entry", debugger_thread_entry);
 
 /// `_thread.start_new_thread(function, ...)` called by the debugger (see [`foreign_call`]):
 /// the new thread is the debugger's for its whole life, whatever code it runs (a thread's
@@ -252,14 +235,7 @@ pub unsafe fn start_thread(call: &crate::calls::RawCall, original: *mut std::ffi
         let Some(&function) = positional.first() else {
             return call.call_original(original);
         };
-        let entry = ffi::PyCFunction_NewEx(ENTRY_DEF.0.get(), function, std::ptr::null_mut());
-        if entry.is_null() {
-            return entry;
-        }
-        let mut args = positional.to_vec();
-        args[0] = entry;
-        let result = call.call_with_positional(&args, original);
-        ffi::Py_DECREF(entry);
-        result
+        let entry = ffi::PyCFunction_NewEx(ENTRY_DEF.get(), function, std::ptr::null_mut());
+        crate::threads::start_with_entry(call, original, entry)
     }
 }
