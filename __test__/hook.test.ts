@@ -94,7 +94,7 @@ test("install-hook, then RETRACE=1 records like `retrace record`; the CLI and `p
   // The layout and meta.json fields of `retrace record -o DIR`.
   const viaCli = await runCli(["record", "-o", join(venv.dir, "cli-rec"), "--", venv.python, "app.py"], { cwd: venv.dir, env: { APP_SETTING: "on" } });
   t.is(viaCli.code, 3, viaCli.stderr);
-  t.deepEqual(readdirSync(rec).sort(), ["meta.json", "run", "sources.json", "trace"]);
+  t.deepEqual(readdirSync(rec).sort(), ["meta.json", "replay.code-workspace", "run", "sources.json", "trace"]);
   t.deepEqual(readdirSync(join(rec, "trace")), ["0.rtrace"], "only the root process is recorded");
   t.deepEqual(tree(join(rec, "run")), tree(join(venv.dir, "cli-rec", "run")));
   const hooked = meta(rec);

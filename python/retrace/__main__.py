@@ -122,6 +122,13 @@ def main(argv):
         raise _usage_error("unknown command %s" % first)
     if directory == "":
         raise _usage_error("missing argument: the recording directory")
+    from retrace import _debugger
+
+    debugger_dirs = _debugger.attached()
+    if debugger_dirs is not None:
+        # Started by a debugger (F5 in replay.code-workspace): the replay runs here, under it.
+        _debugger.replay(directory, debugger_dirs)
+        return 0
     _launch.replay(directory)
     return 0
 

@@ -33,9 +33,24 @@ def boot(config, boot_dir):
     if settings is None:
         _chain()
         return
-    _pyhook.gate_enter()
     try:
-        if settings["mode"] == "record":
+        warnings = start(_pyhook, settings["mode"], settings["dir"], settings["hashseed"], settings.get("chaos", False))
+    except Exception as error:
+        _fail(config, str(error), None)
+        _chain()
+        return
+    for warning in warnings:
+        sys.stderr.write("retrace: warning: %s\n" % warning)
+    _chain()
+
+
+def start(pyhook, mode, directory, hashseed=None, chaos=False):
+    """Starts the session in this interpreter, our own calls passing through. Returns the
+    warnings to show; raises when the recorder cannot start. Also used by a replay in a
+    debugger's process (`_debugger.py`)."""
+    pyhook.gate_enter()
+    try:
+        if mode == "record":
             header = {
                 "argv": list(sys.argv),
                 "orig_argv": list(getattr(sys, "orig_argv", sys.argv)),
@@ -46,28 +61,25 @@ def boot(config, boot_dir):
                 "implementation": sys.implementation.name,
                 "cache_tag": sys.implementation.cache_tag or "",
                 "pid": os.getpid(),
-                "hash_seed": settings["hashseed"],
+                "hash_seed": hashseed,
                 # What the import view leaves to the interpreter: the stdlib and us.
                 "import_skip": [os.path.dirname(os.__file__) + os.sep, os.path.dirname(__file__) + os.sep],
                 "main_script": _main_script(),
-                "chaos": settings.get("chaos", False),
+                "chaos": chaos,
+                # What a replay in a debugger's process puts back (`_debugger.py`).
+                "modules": sorted(sys.modules),
+                "sys_path": [p for p in sys.path if isinstance(p, str)],
             }
         else:
             header = {"version_info": tuple(sys.version_info[:3])}
-        warnings = _pyhook.start(settings["mode"], settings["dir"], os.path.dirname(__file__), header)
-        _watch_imports(_pyhook)
-        _watch_environment(_pyhook)
-    except Exception as error:
-        _fail(config, str(error), None)
-        _chain()
-        return
+        warnings = pyhook.start(mode, directory, os.path.dirname(__file__), header)
+        _watch_imports(pyhook)
+        _watch_environment(pyhook)
     finally:
-        _pyhook.gate_exit()
+        pyhook.gate_exit()
     _reseed_preloaded_random()
     _watch_signals()
-    for warning in warnings:
-        sys.stderr.write("retrace: warning: %s\n" % warning)
-    _chain()
+    return warnings
 
 
 def _main_script():

@@ -159,6 +159,10 @@ pub unsafe fn is_active() -> bool {
 /// The GIL must be held.
 pub unsafe fn active_thread() -> Option<u32> {
     // SAFETY: per the caller's guarantee.
+    if unsafe { crate::debugger::foreign_call() } {
+        return None;
+    }
+    // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
     STATE
         .with(py, |s| {

@@ -128,6 +128,10 @@ pub unsafe fn after_hook() {
 fn arm() {
     // SAFETY: the GIL is held, per `after_hook`'s contract.
     let py = unsafe { py() };
+    // SAFETY: as above.
+    if unsafe { crate::debugger::foreign_call() } {
+        return;
+    }
     let pending = STATE
         .with(py, |s| {
             let thread = s.threads.current();
@@ -172,7 +176,10 @@ impl CollectionWatch {
         }
         match mode() {
             MODE_RECORD if !EXPLICIT.with(Cell::get) => record_collection(py, info),
-            MODE_REPLAY if !EXPLICIT.with(Cell::get) => {
+            // A collection the debugger's allocations set off is not the program's: the
+            // recorded one comes at the program's next boundary call instead.
+            // SAFETY: CPython calls gc callbacks with the GIL held.
+            MODE_REPLAY if !EXPLICIT.with(Cell::get) && !unsafe { crate::debugger::foreign_call() } => {
                 STATE.with(py, |s| {
                     let thread = s.threads.current();
                     if let Session::Replaying(rep) = &mut s.session {

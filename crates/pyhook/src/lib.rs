@@ -8,6 +8,7 @@
 mod calls;
 mod children;
 mod codec;
+mod debugger;
 mod dirs;
 mod dispatch;
 mod environ;
@@ -27,6 +28,7 @@ mod imports;
 mod session;
 mod signals;
 mod threads;
+mod workspace;
 
 use dispatch::{diverge, stop_recording, OWN_SOURCE_PREFIX};
 use hooks::{Target, HOOKS};
@@ -72,6 +74,19 @@ fn parse_boot_config<'py>(py: Python<'py>, config: &str) -> PyResult<Bound<'py, 
     Ok(dict)
 }
 
+/// What the program's interpreter held when the session started, which a replay in a
+/// debugger's process puts back (`python/retrace/_debugger.py`): the modules imported
+/// (`modules`) and `sys.path` before the interpreter inserted `sys.path[0]` (`sys_path`).
+fn start_up_state(info: &Bound<'_, PyDict>) -> PyResult<serde_json::Map<String, serde_json::Value>> {
+    let mut extra = serde_json::Map::new();
+    for key in ["modules", "sys_path"] {
+        if let Some(value) = info.get_item(key)? {
+            extra.insert(key.into(), value.extract::<Vec<String>>()?.into());
+        }
+    }
+    Ok(extra)
+}
+
 /// The recording's trace of the root process.
 fn root_trace(dir: &Path) -> PathBuf {
     dir.join("trace").join("0.rtrace")
@@ -86,7 +101,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
     if MODE.load(Ordering::Relaxed) != MODE_OFF {
         return Err(PyRuntimeError::new_err("a retrace session is already running"));
     }
-    let _ = OWN_SOURCE_PREFIX.set(own_prefix);
+    let _ = OWN_SOURCE_PREFIX.set(own_prefix.clone());
     let item = |key: &str| -> PyResult<Bound<'_, PyAny>> {
         info.get_item(key)?.ok_or_else(|| PyValueError::new_err(format!("missing {key}")))
     };
@@ -117,12 +132,15 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
                 orig_argv: item("orig_argv")?.extract()?,
                 cwd: item("cwd")?.extract()?,
                 hash_seed: item("hash_seed")?.extract()?,
-                extra: Default::default(),
+                extra: start_up_state(info)?,
             };
             let trace = root_trace(&dir);
             let created = std::fs::create_dir_all(trace.parent().unwrap_or(&dir))
                 .and_then(|()| write_meta(&dir, &header));
             created.map_err(|e| PyRuntimeError::new_err(format!("cannot write to {}: {e}", dir.display())))?;
+            if let Err(e) = workspace::write(&dir, &header, &own_prefix) {
+                eprintln!("retrace: warning: cannot write {}: {e}", dir.join("replay.code-workspace").display());
+            }
             let options = WriterOptions::default();
             let enc = ChunkEncoder::new(options.chunk_capacity);
             let writer = TraceWriter::create(&trace, &header, options).map_err(|e| {
@@ -339,6 +357,8 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(debugger::debugger_attached, m)?)?;
+    m.add_function(wrap_pyfunction!(debugger::move_descriptor, m)?)?;
     m.add("EXIT_DIVERGED", dispatch::EXIT_DIVERGED)?;
     m.add("EXIT_BAD_RECORDING", dispatch::EXIT_BAD_RECORDING)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;

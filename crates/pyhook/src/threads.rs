@@ -213,24 +213,34 @@ unsafe extern "C-unwind" fn thread_entry(slf: *mut ffi::PyObject, args: *mut ffi
     }
 }
 
-struct EntryDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
+/// The signature of a thread's entry function (a builtin taking `*args, **kwargs`).
+pub type EntryFn = unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject;
+
+/// The method definition of a builtin that wraps a thread's function (here, and in
+/// `debugger.rs`).
+pub struct EntryDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
 // SAFETY: never written after its static initialisation; CPython only reads it.
 unsafe impl Sync for EntryDef {}
 
-static ENTRY_DEF: EntryDef = EntryDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
-    ml_name: c"thread_entry".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
-        PyCFunctionWithKeywords: unsafe {
-            std::mem::transmute::<
-                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
-                ffi::PyCFunctionWithKeywords,
-            >(thread_entry)
-        },
-    },
-    ml_flags: ffi::METH_VARARGS | ffi::METH_KEYWORDS,
-    ml_doc: std::ptr::null(),
-}));
+impl EntryDef {
+    pub const fn new(name: &'static std::ffi::CStr, entry: EntryFn) -> Self {
+        EntryDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
+            ml_name: name.as_ptr(),
+            ml_meth: ffi::PyMethodDefPointer {
+                // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
+                PyCFunctionWithKeywords: unsafe { std::mem::transmute::<EntryFn, ffi::PyCFunctionWithKeywords>(entry) },
+            },
+            ml_flags: ffi::METH_VARARGS | ffi::METH_KEYWORDS,
+            ml_doc: std::ptr::null(),
+        }))
+    }
+
+    pub fn get(&self) -> *mut ffi::PyMethodDef {
+        self.0.get()
+    }
+}
+
+static ENTRY_DEF: EntryDef = EntryDef::new(c"thread_entry", thread_entry);
 
 /// `function` wrapped for the thread of index `index` (a new reference, or NULL with an
 /// exception set).
@@ -240,7 +250,7 @@ static ENTRY_DEF: EntryDef = EntryDef(std::cell::UnsafeCell::new(ffi::PyMethodDe
 unsafe fn wrap_entry(index: u32, function: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: per the caller's guarantee; the method definition is static and immutable.
     unsafe {
-        let def = ENTRY_DEF.0.get();
+        let def = ENTRY_DEF.get();
         let state = ffi::Py_BuildValue(c"(IO)".as_ptr(), index as std::os::raw::c_uint, function);
         if state.is_null() {
             return state;
@@ -259,6 +269,9 @@ pub unsafe fn start(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
+        if crate::debugger::foreign_call() {
+            return crate::debugger::start_thread(&call, original);
+        }
         let positional = call.positional();
         if positional.is_empty() || active_thread().is_none() || !matches!(mode(), MODE_RECORD | MODE_REPLAY) || crate::signals::nested() {
             return call.call_original(original);
@@ -289,11 +302,22 @@ pub unsafe fn start(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
                 Replayed::Value(_) => crate::handlers::bad_value(hook),
             }
         };
-        let entry = wrap_entry(index, positional[0]);
+        start_with_entry(&call, original, wrap_entry(index, positional[0]))
+    }
+}
+
+/// Starts the thread with `entry` (a new reference, or NULL with an exception set) in place
+/// of the function given.
+///
+/// # Safety
+/// GIL held; `original` is the thread-start function `call` was made to.
+pub unsafe fn start_with_entry(call: &RawCall, original: *mut std::ffi::c_void, entry: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract; `entry` is released after the call.
+    unsafe {
         if entry.is_null() {
             return entry;
         }
-        let mut args = positional.to_vec();
+        let mut args = call.positional().to_vec();
         args[0] = entry;
         let result = call.call_with_positional(&args, original);
         ffi::Py_DECREF(entry);
