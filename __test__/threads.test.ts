@@ -362,6 +362,42 @@ test.serial("a threaded Flask service: concurrent clients not recorded, a lock a
   t.false(existsSync(join(dir, "orders.db")), "the replay created the database again");
 });
 
+test.serial("a thread computing without boundaries does not freeze a replay, and a thread blocked in sqlite's busy wait does not freeze a recording", async (t) => {
+  const r = await recordAndReplay(`
+    import os, sqlite3, tempfile, threading, time
+    path = os.path.join(tempfile.mkdtemp(), "busy.db")
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("create table t (x)")
+    holder.execute("begin exclusive")
+    holder.execute("insert into t values (1)")
+    def writer():
+        # Blocks inside SQLite's busy handler (the GIL released) until the holder commits.
+        conn = sqlite3.connect(path, timeout=10)
+        conn.execute("insert into t values (2)")
+        conn.commit()
+        print("writer done", conn.execute("select count(*) from t").fetchone()[0], flush=True)
+    def spinner(out):
+        # No boundary at all for a while: pure computation.
+        total = 0
+        for i in range(3_000_000):
+            total += i * i % 7
+        out.append(total)
+    out = []
+    w, s = threading.Thread(target=writer), threading.Thread(target=spinner, args=(out,))
+    w.start(); s.start()
+    ticks = 0
+    for _ in range(20):
+        time.sleep(0.01)
+        ticks += 1
+    print("main ran while the writer waited:", ticks, flush=True)
+    holder.execute("commit")
+    w.join(); s.join()
+    print("spinner", out[0])
+  `);
+  t.regex(r.record.stdout, /^main ran while the writer waited: 20\nwriter done 2\nspinner \d+\n$/);
+  await replaysAlike(t, r);
+});
+
 test.serial("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {
   const program = `
     import threading

@@ -125,6 +125,9 @@ fn classify(file: &[u8], name: &[u8], callee: Callee) -> FrameKind {
 ///
 /// # Safety
 /// The GIL must be held.
+// PyErr_Fetch/PyErr_Restore are deprecated from 3.12 on, but they are the pair every
+// version we build for has (PyErr_GetRaisedException is 3.12+).
+#[allow(deprecated)]
 pub unsafe fn foreign_call() -> bool {
     if !ATTACHED.load(Ordering::Relaxed) || mode() != MODE_REPLAY {
         return false;
