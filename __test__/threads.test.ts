@@ -398,6 +398,31 @@ test.serial("a thread computing without boundaries does not freeze a replay, and
   await replaysAlike(t, r);
 });
 
+test.serial("a thread that ends earlier than recorded is a divergence naming it, not a stalled replay", async (t) => {
+  const program = (rounds: number) => `
+    import threading
+    lock = threading.Lock()
+    def worker():
+        for _ in range(${rounds}):
+            with lock:
+                pass
+    th = threading.Thread(target=worker, name="short-lived")
+    th.start()
+    th.join()
+    with lock:
+        print("end")
+  `;
+  const r = await recordAndReplay(program(3), {
+    beforeReplay: async ({ dir }) => {
+      await writeProgram(dir, "main.py", program(1));
+    },
+  });
+  t.is(r.record.stdout, "end\n");
+  t.is(r.replay.code, 86, r.replay.stderr);
+  t.regex(r.replay.stderr, /diverged at event #\d+ \(thread 1, "short-lived"\)/);
+  t.regex(r.replay.stderr, /actual: +the end of the thread/);
+});
+
 test.serial("record --chaos perturbs thread hand-offs, and each chaotic recording replays the same every time", async (t) => {
   const program = `
     import threading

@@ -414,7 +414,9 @@ pub fn diverge(mut d: Divergence, python_alive: bool) -> ! {
         // program's own output first keeps its stdout identical up to this point.
         unsafe {
             flush_python_stdio();
-            d.thread_name = current_thread_name();
+            if d.thread_name.is_none() {
+                d.thread_name = current_thread_name();
+            }
             let mut stack = python_stack();
             // Under threads, where the others stood tells what this thread raced with.
             let others = all_stacks(ffi::PyThreadState_Get());

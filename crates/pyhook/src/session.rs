@@ -218,6 +218,9 @@ struct Queued {
 /// thread, before giving up (the handler then runs at the main thread's next call).
 const SIGNAL_LOOKAHEAD: usize = 4096;
 
+/// How far a replay reads ahead for a finished thread's remaining events.
+const LEFTOVER_LOOKAHEAD: usize = 4096;
+
 /// How far a replay reads ahead for a collection after a thread's call.
 const COLLECTION_LOOKAHEAD: usize = 256;
 
@@ -553,6 +556,28 @@ impl Replayer {
         if self.next_collection(thread).is_some() {
             self.pop(thread);
         }
+    }
+
+    /// When `thread`'s function has returned at replay: the recorded events it did not take,
+    /// if its recording goes on (looking ahead a bounded distance). Left in place, their
+    /// turns would stop every other thread.
+    pub fn leftover(&mut self, thread: u32) -> Option<Divergence> {
+        while self.fill(thread, LEFTOVER_LOOKAHEAD) {
+            let front = &self.queues[thread as usize][0];
+            if !matches!(front.record.event, Event::Collect { .. }) {
+                return Some(Divergence {
+                    index: Some(front.record.index),
+                    thread,
+                    expected: self.describe(&front.record.event),
+                    actual: "the end of the thread".into(),
+                    hint: "the thread ended earlier than when it was recorded: was its code or an unrecorded input changed?",
+                    bad_recording: false,
+                    thread_name: None,
+                });
+            }
+            self.pop(thread);
+        }
+        None
     }
 
     /// Drops the collections at the front of `thread`'s events where no call follows to run

@@ -205,11 +205,51 @@ unsafe extern "C-unwind" fn thread_entry(slf: *mut ffi::PyObject, args: *mut ffi
     // in `wrap_entry`, `args` a tuple and `kwargs` a dict or NULL.
     unsafe {
         let index = ffi::PyLong_AsUnsignedLong(ffi::PyTuple_GET_ITEM(slf, 0));
-        if let Ok(index) = u32::try_from(index) {
+        let index = u32::try_from(index).ok();
+        if let Some(index) = index {
             STATE.with(py(), |s| s.threads.bind_current(index));
         }
         ffi::PyErr_Clear();
-        ffi::PyObject_Call(ffi::PyTuple_GET_ITEM(slf, 1), args, kwargs)
+        let result = ffi::PyObject_Call(ffi::PyTuple_GET_ITEM(slf, 1), args, kwargs);
+        if let Some(index) = index {
+            thread_function_returned(index, slf);
+        }
+        result
+    }
+}
+
+/// At replay, a thread whose function returned with recorded events left diverges (their
+/// turns would otherwise stop every other thread).
+///
+/// Kept out of [`thread_entry`], whose frame must hold nothing to drop: CPython's
+/// `pthread_exit` of a daemon thread unwinds through it, and a cleanup pad there aborts.
+///
+/// # Safety
+/// GIL held; `slf` the entry's `(index, function)` tuple.
+#[inline(never)]
+unsafe fn thread_function_returned(index: u32, slf: *mut ffi::PyObject) {
+    if mode() != MODE_REPLAY {
+        return;
+    }
+    // SAFETY: per the function's contract.
+    unsafe {
+        let leftover = STATE
+            .with(py(), |s| match &mut s.session {
+                crate::session::Session::Replaying(rep) => rep.leftover(index),
+                _ => None,
+            })
+            .flatten();
+        if let Some(mut divergence) = leftover {
+            use pyo3::types::PyAnyMethods;
+            // `threading` has forgotten the thread by now; its function is a bound method of
+            // the Thread object (`Thread._bootstrap`), which still has the name.
+            divergence.thread_name = pyo3::Bound::<pyo3::PyAny>::from_borrowed_ptr(py(), ffi::PyTuple_GET_ITEM(slf, 1))
+                .getattr("__self__")
+                .and_then(|thread| thread.getattr("name"))
+                .and_then(|name| name.extract::<String>())
+                .ok();
+            crate::dispatch::diverge(divergence, true);
+        }
     }
 }
 
