@@ -10,7 +10,7 @@ import { existsSync, statSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { RetraceError } from "./errors.js";
 import { type ExitStatus, readMetadata } from "./meta.js";
-import { KIND_NAMES, OP, TraceFile, TraceReadError, type TraceTrailer } from "./trace.js";
+import { batchEvents, KIND_NAMES, OP, TraceFile, TraceReadError, type TraceTrailer } from "./trace.js";
 
 export interface InspectOptions {
   dir: string;
@@ -44,6 +44,8 @@ export interface InspectReport {
   functions: { name: string; calls: number; raises: number }[];
   /** Number of distinct hooked functions used. */
   functions_total: number;
+  /** The uncaught exception the program ended with (its EXCEPTION event), or null. */
+  crashed: { type: string; message: string; traceback: string; thread: number; event: number } | null;
 }
 
 function str(x: unknown): string | null {
@@ -76,6 +78,7 @@ export function buildReport(opts: InspectOptions): InspectReport {
   let bytes: number | null = null;
   let trailer: TraceTrailer | null = null;
   let trace: TraceFile | undefined;
+  let crashed: InspectReport["crashed"] = null;
   try {
     trace = TraceFile.open(path);
     bytes = trace.fileLength;
@@ -100,6 +103,12 @@ export function buildReport(opts: InspectOptions): InspectReport {
         } else if (k === OP.raise) {
           const f = fnId[i] as number;
           raises.set(f, (raises.get(f) ?? 0) + 1);
+        } else if (k === OP.exception && crashed === null) {
+          // Rare (at most one per process): decode this batch's events to read it.
+          const ev = batchEvents(batch, trace.fns).find((e) => e.kind === "exception");
+          if (ev?.kind === "exception") {
+            crashed = { type: ev.typeName, message: ev.message, traceback: ev.traceback, thread: ev.thread, event: ev.index };
+          }
         }
       }
       if (run > 0) threads.set(lastThread, (threads.get(lastThread) ?? 0) + run);
@@ -150,6 +159,7 @@ export function buildReport(opts: InspectOptions): InspectReport {
     events_by_thread: byThread,
     functions: functions.slice(0, Math.max(0, opts.top)),
     functions_total: functions.length,
+    crashed,
   };
 }
 
@@ -199,6 +209,13 @@ export function formatReport(r: InspectReport): string {
     ["state", stateText],
   ];
   lines.push(...table(head, ""));
+  if (r.crashed !== null) {
+    const c = r.crashed;
+    const [first = "", ...more] = c.message.split("\n");
+    const what = first === "" && more.length === 0 ? c.type : `${c.type}: ${first}${more.length > 0 ? " …" : ""}`;
+    lines.push("", `crashed with ${what} (thread ${c.thread}, event #${c.event})`);
+    lines.push(...c.traceback.trimEnd().split("\n").map((l) => (l === "" ? "" : `  ${l}`)));
+  }
   const none = (rows: string[]) => (rows.length > 0 ? rows : ["  (none)"]);
   lines.push("", "events by kind");
   lines.push(...none(table(Object.entries(r.events_by_kind).map(([k, n]) => [k, fmt.format(n).padStart(12)]))));

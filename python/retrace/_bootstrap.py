@@ -75,11 +75,70 @@ def start(pyhook, mode, directory, hashseed=None, chaos=False):
         warnings = pyhook.start(mode, directory, os.path.dirname(__file__), header)
         _watch_imports(pyhook)
         _watch_environment(pyhook)
+        pyhook.watch_uncaught(_describe_uncaught)
     finally:
         pyhook.gate_exit()
     _reseed_preloaded_random()
     _watch_signals()
     return warnings
+
+
+def _describe_uncaught(value, tb, replaying):
+    """The program's uncaught exception as the EXCEPTION event has it: type name, message and
+    the traceback as the interpreter prints it. Imports nothing and leaves `linecache` alone
+    (the program's own hook may use it); source lines are read only when recording, as a
+    replay may not have the files (it compares the `File` lines only)."""
+    sources = {}
+
+    def source_line(filename, lineno):
+        if replaying:
+            return None
+        if filename not in sources:
+            try:
+                with open(filename, "rb") as f:
+                    sources[filename] = f.read().decode("utf-8", "replace").splitlines()
+            except Exception:
+                sources[filename] = []
+        lines = sources[filename]
+        return lines[lineno - 1].strip() if 0 < lineno <= len(lines) else None
+
+    def one(error, tb):
+        kind = type(error)
+        module = getattr(kind, "__module__", None)
+        name = getattr(kind, "__qualname__", kind.__name__)
+        if module not in (None, "__main__", "builtins"):
+            name = "%s.%s" % (module, name)
+        try:
+            message = str(error)
+        except Exception:
+            message = "<exception str() failed>"
+        text = ["Traceback (most recent call last):\n"] if tb is not None else []
+        while tb is not None:
+            code = tb.tb_frame.f_code
+            lineno = tb.tb_lineno if tb.tb_lineno is not None else -1
+            text.append('  File "%s", line %d, in %s\n' % (code.co_filename, lineno, code.co_name))
+            line = source_line(code.co_filename, lineno)
+            if line:
+                text.append("    %s\n" % line)
+            tb = tb.tb_next
+        text.append("%s: %s\n" % (name, message) if message else "%s\n" % name)
+        return name, message, "".join(text)
+
+    name, message, text = one(value, tb)
+    seen = {id(value)}
+    error = value
+    while True:
+        if error.__cause__ is not None:
+            error, link = error.__cause__, "The above exception was the direct cause of the following exception:"
+        elif error.__context__ is not None and not error.__suppress_context__:
+            error, link = error.__context__, "During handling of the above exception, another exception occurred:"
+        else:
+            break
+        if id(error) in seen:
+            break
+        seen.add(id(error))
+        text = "%s\n%s\n\n%s" % (one(error, error.__traceback__)[2], link, text)
+    return name, message, text
 
 
 def _main_script():

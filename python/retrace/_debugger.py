@@ -306,4 +306,7 @@ def _print_uncaught(error, own_dir):
     sys.last_type, sys.last_value, sys.last_traceback = type(error), error, tb
     if hasattr(sys, "last_exc"):
         sys.last_exc = error
+    # The interpreter raises this audit event before printing: the replay checks the
+    # exception against the recorded one there (`uncaught.rs`).
+    sys.audit("sys.excepthook", sys.excepthook, type(error), error, tb)
     sys.excepthook(type(error), error, tb)

@@ -28,6 +28,7 @@ mod imports;
 mod session;
 mod signals;
 mod threads;
+mod uncaught;
 mod workspace;
 
 use dispatch::{diverge, stop_recording, OWN_SOURCE_PREFIX};
@@ -357,6 +358,7 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;
+    m.add_function(wrap_pyfunction!(uncaught::watch_uncaught, m)?)?;
     m.add_function(wrap_pyfunction!(debugger::debugger_attached, m)?)?;
     m.add_function(wrap_pyfunction!(debugger::move_descriptor, m)?)?;
     m.add("EXIT_DIVERGED", dispatch::EXIT_DIVERGED)?;

@@ -627,6 +627,57 @@ impl Replayer {
         }
     }
 
+    /// The program's uncaught exception at replay: the recording's next event of `thread`
+    /// must be the same one (type, message, and the frames its traceback went through).
+    pub fn take_exception(&mut self, thread: u32, type_name: &str, message: &str, traceback: &str) -> Result<(), Divergence> {
+        self.skip_collections(thread);
+        let actual = format!("the uncaught exception {}", one_line(type_name, message));
+        let hint = "the program raised another exception, or at another point, than when it was recorded: was its code or an unrecorded input changed?";
+        let Some(q) = (if self.fill(thread, usize::MAX) { self.pop(thread) } else { None }) else {
+            if let Some(e) = self.read_error.take() {
+                return Err(e);
+            }
+            return Err(Divergence {
+                index: self.last_index.map(|i| i + 1),
+                thread,
+                expected: "the end of the recording (the recorded program did not crash here)".into(),
+                actual,
+                hint,
+                bad_recording: false,
+                thread_name: None,
+            });
+        };
+        if let Event::Exception { type_name: t, message: m, traceback: tb } = &q.record.event {
+            let (rec, now) = (crate::uncaught::frames(tb), crate::uncaught::frames(traceback));
+            if t == type_name && m == message && rec == now {
+                return Ok(());
+            }
+            if t == type_name && m == message {
+                // Where the tracebacks part: the first frame that differs, on each side.
+                let at = rec.iter().zip(&now).take_while(|(a, b)| a == b).count();
+                let frame = |f: &[&str]| f.get(at).map_or("no further frame".to_owned(), |l| l.trim().to_owned());
+                return Err(Divergence {
+                    index: Some(q.record.index),
+                    thread,
+                    expected: format!("{}, traceback frame {}: {}", self.describe(&q.record.event), at + 1, frame(&rec)),
+                    actual: format!("{actual}, traceback frame {}: {}", at + 1, frame(&now)),
+                    hint,
+                    bad_recording: false,
+                    thread_name: None,
+                });
+            }
+        }
+        Err(Divergence {
+            index: Some(q.record.index),
+            thread,
+            expected: self.describe(&q.record.event),
+            actual,
+            hint,
+            bad_recording: false,
+            thread_name: None,
+        })
+    }
+
     fn describe(&self, event: &Event) -> String {
         match event {
             Event::Call { fn_id, digest, .. } => describe_call(&self.fn_name(*fn_id), *digest),
@@ -634,9 +685,17 @@ impl Replayer {
                 format!("{} raising {}", describe_call(&self.fn_name(*fn_id), *digest), error.type_name)
             }
             Event::End => "the end of the recording (the recorded program ended here)".into(),
+            Event::Exception { type_name, message, .. } => format!("the uncaught exception {}", one_line(type_name, message)),
             other => format!("a {} event", other.kind_name()),
         }
     }
+}
+
+/// `Type: message` as a traceback's last line has it, cut to one line.
+fn one_line(type_name: &str, message: &str) -> String {
+    let first = message.lines().next().unwrap_or("");
+    let more = if first.len() < message.len() { " …" } else { "" };
+    if message.is_empty() { type_name.to_owned() } else { format!("{type_name}: {first}{more}") }
 }
 
 fn describe_call(name: &str, digest: Option<u32>) -> String {
