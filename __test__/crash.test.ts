@@ -85,7 +85,7 @@ async function replayEdited(edited: string) {
 test("a replay that raises another exception diverges naming both", async (t) => {
   const r = await replayEdited(CRASHING.replace('raise RuntimeError("cannot parse\\nthe input") from error', 'raise KeyError("other")'));
   t.is(r.replay.code, 86, r.replay.stderr);
-  t.regex(r.replay.stderr, /^retrace: replay diverged at event #\d+ \(thread 0, "MainThread"\)\n/);
+  t.regex(r.replay.stderr, /^retrace: replay diverged at event #\d+ \(thread 0(, "MainThread")?\)\n/);
   t.regex(r.replay.stderr, /\n {2}expected: the uncaught exception RuntimeError: cannot parse …\n {2}actual: {3}the uncaught exception KeyError: 'other'\n/);
 });
 
