@@ -6,9 +6,9 @@
  */
 import test from "ava";
 import { existsSync } from "node:fs";
-import { readFile, rename, rm, writeFile } from "node:fs/promises";
+import { cp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { makeTempDir, programStderr, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
+import { makeTempDir, programStderr, PYTHON, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
 
 
 test("a module the program writes and then imports replays, without being written again", async (t) => {
@@ -113,4 +113,50 @@ test("Flask's own test suite, from its source distribution, replays with the che
   t.is(replay.stdout, record.stdout);
   t.is(replay.stderr, programStderr(record));
   t.is(replay.code, record.code);
+});
+
+test("a Flask program replays with Flask and Werkzeug uninstalled and its own module deleted, seeing its recorded paths", async (t) => {
+  // A throwaway venv (never the shared test venv) holding Flask and its dependencies, copied
+  // from the shared one.
+  const dir = await makeTempDir("portable");
+  const venv = join(dir, "venv");
+  const made = await runProcess(PYTHON, ["-m", "venv", "--without-pip", venv]);
+  t.is(made.code, 0, made.stderr);
+  const probe = await runProcess(venvPython(), ["-c", "import flask, sysconfig; print(sysconfig.get_paths()['purelib'])"]);
+  t.is(probe.code, 0, probe.stderr);
+  const shared = probe.stdout.trim();
+  const python = join(venv, "bin", "python");
+  const site = (await runProcess(python, ["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])).stdout.trim();
+  const names = (await readdir(shared)).filter((n) => /^(flask|werkzeug|jinja2|markupsafe|itsdangerous|click|blinker)([-_.]|$)/i.test(n));
+  t.true(names.some((n) => n === "flask") && names.some((n) => n === "werkzeug"), names.join(" "));
+  for (const name of names) await cp(join(shared, name), join(site, name), { recursive: true });
+
+  const project = join(dir, "project");
+  await writeProgram(project, "service.py", `
+    import time
+    from flask import Flask, jsonify
+    app = Flask(__name__)
+
+    @app.get("/now")
+    def now():
+        return jsonify(at=time.time())
+  `);
+  await writeProgram(project, "main.py", `
+    import flask, werkzeug, service
+    print(flask.__file__, werkzeug.__file__, service.__file__)
+    print(service.app.test_client().get("/now").get_json()["at"])
+  `);
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", python, "main.py"], { cwd: project });
+  t.is(record.code, 0, record.stderr);
+  t.regex(record.stdout, new RegExp(`^${site}/flask/__init__\\.py ${site}/werkzeug/__init__\\.py ${project}/service\\.py\\n\\d+\\.\\d+\\n$`));
+
+  for (const name of names.filter((n) => /^(flask|werkzeug)([-_.]|$)/i.test(n))) await rm(join(site, name), { recursive: true });
+  await rm(join(project, "service.py"));
+  const gone = await runProcess(python, ["-c", "import flask"]);
+  t.regex(gone.stderr, /No module named 'flask'/);
+  const replay = await runCli(["replay", recording], { cwd: dir });
+  t.is(replay.stderr, programStderr(record));
+  t.is(replay.stdout, record.stdout);
+  t.is(replay.code, 0);
 });

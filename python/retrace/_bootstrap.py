@@ -74,6 +74,7 @@ def start(pyhook, mode, directory, hashseed=None, chaos=False):
             header = {"version_info": tuple(sys.version_info[:3])}
         warnings = pyhook.start(mode, directory, os.path.dirname(__file__), header)
         _watch_imports(pyhook)
+        _forget_listings()
         _watch_environment(pyhook)
         pyhook.watch_uncaught(_describe_uncaught)
     finally:
@@ -199,6 +200,17 @@ def _chain():
 def _watch_imports(pyhook):
     importlib_bootstrap = sys.modules["_frozen_importlib"]
     importlib_bootstrap._find_and_load = pyhook.ImportWatcher(importlib_bootstrap._find_and_load)
+
+
+def _forget_listings():
+    """Path finders that listed their directory during start-up, before the session (a
+    venv's site-packages among them), keep that listing out of the import view's sight: they
+    list again at the program's next import from there, so that the listing is recorded and
+    a replay serves it (a library uninstalled since is still found)."""
+    for finder in list(sys.path_importer_cache.values()):
+        invalidate = getattr(finder, "invalidate_caches", None)
+        if invalidate is not None:
+            invalidate()
 
 
 def _watch_environment(pyhook):
