@@ -137,7 +137,8 @@ class DapClient {
       };
       const timer = setTimeout(() => {
         this.waiters.splice(this.waiters.indexOf(waiter), 1);
-        reject(new Error(`no ${what} within ${timeoutMs} ms${this.closed ? " (the adapter exited)" : ""}\n${this.log.slice(-40).join("\n")}`));
+        const replay = this.terminal ? `\nreplay stderr:\n${this.terminal.stderr.slice(0, 2500)}\n…\n${this.terminal.stderr.slice(-1500)}` : "";
+        reject(new Error(`no ${what} within ${timeoutMs} ms${this.closed ? " (the adapter exited)" : ""}\n${this.log.slice(-40).join("\n")}${replay}`));
       }, timeoutMs);
       this.waiters.push(waiter);
     });
