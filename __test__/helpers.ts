@@ -249,3 +249,31 @@ export function assertReplaysLike(t: ExecutionContext, record: CliResult, replay
   t.is(replay.code, record.code, "exit status differs");
   t.is(replay.signal, record.signal, "the replay died otherwise");
 }
+
+/**
+ * The source of a Python HTTP server on loopback for tests to talk to (port in `argv[1]`;
+ * prints "ready" once listening). `GET` answers `getBody`, a Python expression over
+ * `self.path` giving bytes; `POST` answers the request body reversed. HTTP/1.0 (a
+ * connection per request) unless `http11`.
+ */
+export function httpPeerSource(getBody: string, opts: { http11?: boolean } = {}): string {
+  return `
+import http.server, json, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    ${opts.http11 ? 'protocol_version = "HTTP/1.1"' : "pass"}
+    def reply(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        self.reply(200, ${getBody})
+    def do_POST(self):
+        self.reply(201, self.rfile.read(int(self.headers["Content-Length"]))[::-1])
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+print("ready", flush=True)
+server.serve_forever()
+`;
+}

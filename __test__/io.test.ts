@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
-import { CLI, PYTHON, assertReplaysLike, freePort, makeTempDir, recordAndReplay, replayOffline, runCli, runProcess, writeProgram } from "./helpers.js";
+import { CLI, PYTHON, assertReplaysLike, freePort, httpPeerSource, makeTempDir, recordAndReplay, replayOffline, runCli, runProcess, writeProgram } from "./helpers.js";
 
 
 /** Starts a Python peer (not recorded) and waits until it prints "ready". */
@@ -22,28 +22,7 @@ async function startPeer(dir: string, source: string, args: string[]): Promise<C
   return child;
 }
 
-const HTTP_PEER = `
-import http.server, sys
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = ("hello from %s" % self.path).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))[::-1]
-        self.send_response(201)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-print("ready", flush=True)
-server.serve_forever()
-`;
+const HTTP_PEER = httpPeerSource(`("hello from %s" % self.path).encode()`, { http11: true });
 
 
 

@@ -18,6 +18,7 @@ import {
   PYTHON,
   assertReplaysLike,
   freePort,
+  httpPeerSource,
   makeTempDir,
   recordAndReplay,
   replayOffline,
@@ -269,21 +270,7 @@ test.serial("a threaded Flask service: concurrent clients not recorded, a lock a
   const peerPath = await writeProgram(
     dir,
     "peer.py",
-    `
-    import http.server, json, sys
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = json.dumps({"price": len(self.path) * 3}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        def log_message(self, *args):
-            pass
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
-    print("ready", flush=True)
-    server.serve_forever()
-    `,
+    httpPeerSource(`json.dumps({"price": len(self.path) * 3}).encode()`),
   );
   const app = await writeProgram(
     dir,
