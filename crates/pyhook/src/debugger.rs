@@ -62,25 +62,6 @@ pub fn debugger_attached(prefixes: Vec<String>) -> PyResult<()> {
     Ok(())
 }
 
-/// The code object's `co_filename` and `co_name`, as bytes, passed to `f`.
-///
-/// # Safety
-/// GIL held; `code` a live code object.
-unsafe fn with_names<R>(code: *mut ffi::PyObject, f: impl FnOnce(&[u8], &[u8]) -> R) -> R {
-    // SAFETY: attribute reads of a live code object; new references released here.
-    unsafe {
-        let filename = ffi::PyObject_GetAttrString(code, c"co_filename".as_ptr());
-        let name = ffi::PyObject_GetAttrString(code, c"co_name".as_ptr());
-        ffi::PyErr_Clear();
-        let file = if filename.is_null() { None } else { crate::codec::utf8_of(filename) };
-        let func = if name.is_null() { None } else { crate::codec::utf8_of(name) };
-        let result = f(file.unwrap_or(b""), func.unwrap_or(b""));
-        ffi::Py_XDECREF(filename);
-        ffi::Py_XDECREF(name);
-        result
-    }
-}
-
 /// What a frame says about the call being made.
 enum FrameKind {
     Debugger,
@@ -148,13 +129,11 @@ pub unsafe fn foreign_call() -> bool {
         let mut foreign = false;
         let mut callee = Callee::Hook;
         while !frame.is_null() {
-            let code = ffi::PyFrame_GetCode(frame).cast::<ffi::PyObject>();
-            let frame_kind = with_names(code, |file, name| {
-                let kind = classify(file, name, callee);
-                callee = callee_of(file, name);
-                kind
-            });
-            ffi::Py_DECREF(code);
+            let code = ffi::PyFrame_GetCode(frame);
+            let (file, name) = crate::internals::code_names(code);
+            let frame_kind = classify(file, name, callee);
+            callee = callee_of(file, name);
+            ffi::Py_DECREF(code.cast());
             match frame_kind {
                 FrameKind::Debugger => foreign = true,
                 FrameKind::Ours => {}

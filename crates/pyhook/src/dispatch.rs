@@ -94,23 +94,20 @@ pub unsafe fn replay_releasing<R>(
                 }
             })
         };
+        // The turn taken first (the release's start, or else the call itself) is handed on
+        // only once the stand-in is really released.
         with_replayer(&|rep, thread| rep.defer_turn(thread));
-        let replayed = match fd {
+        let taken_first = match fd {
             Some(fd) => {
                 let marker = crate::hooks::hook(crate::hooks::HookId::descriptor_release);
                 drop(replay_take(marker, marker.digest(|| fd as u32)));
-                drop(release());
-                with_replayer(&|rep, thread| rep.hand_on(thread));
-                replay_take(hook, digest)
+                None
             }
-            None => {
-                let replayed = replay_take(hook, digest);
-                drop(release());
-                with_replayer(&|rep, thread| rep.hand_on(thread));
-                replayed
-            }
+            None => Some(replay_take(hook, digest)),
         };
-        outcome_object(replayed)
+        drop(release());
+        with_replayer(&|rep, thread| rep.hand_on(thread));
+        outcome_object(taken_first.unwrap_or_else(|| replay_take(hook, digest)))
     }
 }
 

@@ -27,6 +27,7 @@
 
 use crate::calls::RawCall;
 use crate::hooks::Hook;
+use crate::internals::{retrace_gc_schedule, retrace_gc_young_count, retrace_gc_young_threshold};
 use crate::session::{mode, py, Session, MODE_OFF, MODE_RECORD, MODE_REPLAY, STATE};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -34,12 +35,6 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use std::cell::Cell;
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
-
-extern "C" {
-    fn retrace_gc_young_count(interp: *mut ffi::PyInterpreterState) -> *mut c_int;
-    fn retrace_gc_young_threshold(interp: *mut ffi::PyInterpreterState) -> *mut c_int;
-    fn retrace_gc_schedule(tstate: *mut ffi::PyThreadState);
-}
 
 /// How much the automatic collection threshold is raised at replay between recorded
 /// collections.

@@ -17,8 +17,8 @@
 //! `__weakref__`) keep the address hash. So do the objects that are keys of a dict or a set
 //! when the session starts: they were hashed already, and a hash must not change.
 //!
-//! Cost: the first hash of an object creates a weak reference and two table entries
-//! (~150 bytes while it lives); later hashes are a lookup in a small direct-mapped cache,
+//! Cost: the first hash of an object creates a weak reference and two table entries (kept
+//! while it lives); later hashes are a lookup in a small direct-mapped cache,
 //! or in the table, instead of a shift.
 
 use crate::session::THREAD_INDEX;
@@ -116,6 +116,12 @@ unsafe extern "C" fn identity_hash(obj: *mut ffi::PyObject) -> ffi::Py_hash_t {
             return hash;
         }
         let tp = ffi::Py_TYPE(obj);
+        // No weak reference can watch such an object's death (`object()`, `__slots__`
+        // without `__weakref__`): it keeps the address hash, without trying (and failing
+        // with an exception) at every hash.
+        if (*tp).tp_weaklistoffset == 0 {
+            return address_hash(obj);
+        }
         let thread = u64::from(THREAD_INDEX.with(Cell::get));
         let serial = COUNTERS.with(|c| {
             let mut counters = c.borrow_mut();

@@ -24,6 +24,7 @@ mod gil;
 mod handlers;
 mod hooks;
 mod identity;
+mod internals;
 mod imports;
 mod session;
 mod signals;

@@ -21,12 +21,6 @@ use crate::session::{mode, py, Replayed, MODE_RECORD, MODE_REPLAY, STATE};
 use pyo3::ffi;
 use retrace_recorder::Value;
 
-extern "C" {
-    // `csrc/internals.c`: a code object's names, borrowed, without building objects.
-    fn retrace_code_filename(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
-    fn retrace_code_name(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
-}
-
 /// The locks `_thread._set_sentinel` made (3.11, 3.12): each is held by its thread's
 /// state and released by CPython, in C, when the thread ends; `Thread.join` waits on it.
 /// A blocking acquire (and the release after it) on such a lock is not a schedule point:
@@ -126,7 +120,8 @@ unsafe fn unscheduled_caller() -> bool {
         let mut code = ffi::PyFrame_GetCode(frame);
         let mut owned_frame: *mut ffi::PyFrameObject = std::ptr::null_mut();
         for _ in 0..2 {
-            let comprehension = crate::codec::utf8_of(retrace_code_name(code)).is_some_and(|n| n.starts_with(b"<") && n != b"<module>");
+            let (_, name) = crate::internals::code_names(code);
+            let comprehension = name.starts_with(b"<") && name != b"<module>";
             if !comprehension {
                 break;
             }
@@ -141,13 +136,10 @@ unsafe fn unscheduled_caller() -> bool {
             code = ffi::PyFrame_GetCode(frame);
         }
         ffi::Py_XDECREF(owned_frame.cast());
-        let unscheduled = match crate::codec::utf8_of(retrace_code_filename(code)) {
-            Some(f) if f.starts_with(b"<frozen importlib") || f.starts_with(b"<frozen zipimport") => true,
-            Some(f) if f.ends_with(b"/threading.py") => {
-                crate::codec::utf8_of(retrace_code_name(code)).is_some_and(|n| THREADING_INTERNALS.contains(&n))
-            }
-            _ => false,
-        };
+        let (file, name) = crate::internals::code_names(code);
+        let unscheduled = file.starts_with(b"<frozen importlib")
+            || file.starts_with(b"<frozen zipimport")
+            || (file.ends_with(b"/threading.py") && THREADING_INTERNALS.contains(&name));
         ffi::Py_DECREF(code.cast());
         unscheduled
     }
