@@ -142,6 +142,36 @@ def _forget_modules(recorded, debugger_dirs):
         del sys.modules[name]
 
 
+def _watch_program_threads(debugger_threading):
+    """Makes pydevd wait for the program's threads, not for its own view of them.
+
+    The program imports its own `threading` (see `_forget_modules`), whose threads pydevd's
+    `threading` does not list, and whose main thread ends at the program's `_shutdown`,
+    while pydevd's main thread object never does. pydevd's non-daemon `CheckAliveThread`
+    ends the debug session once no user thread is alive; from 3.13 the interpreter's shutdown
+    also waits for it, so judged by pydevd's own module it would wait forever. Here a user
+    thread is a non-daemon thread of the program's module, or one of pydevd's module other
+    than its main thread (and its own). A program that never imports `threading` is not
+    waited on by the interpreter: then pydevd's main thread stands for the program's."""
+    pydevd = sys.modules.get("pydevd")
+    py_db = pydevd.get_global_debugger() if pydevd is not None else None
+    if py_db is None or debugger_threading is None or not hasattr(py_db, "has_user_threads_alive"):
+        return
+    # pydevd's test reads the thread's state without side effects (`Thread.is_alive()`
+    # before 3.13 may try the thread's lock, and stop the Thread object, a program's call).
+    from _pydev_bundle.pydev_is_thread_alive import is_thread_alive
+
+    def has_user_threads_alive():
+        program_threading = sys.modules.get("threading")
+        own = program_threading is not None and program_threading is not debugger_threading
+        threads = list(program_threading._active.values()) + list(program_threading._limbo.values()) if own else []
+        threads += [t for t in list(debugger_threading._active.values()) + list(debugger_threading._limbo.values())
+                    if not (own and t is debugger_threading._main_thread) and not getattr(t, "is_pydev_daemon_thread", False)]
+        return any(not t.daemon and is_thread_alive(t) for t in threads)
+
+    py_db.has_user_threads_alive = has_user_threads_alive
+
+
 def _refreeze(types):
     """Names the frames of the modules CPython freezes by default `<frozen NAME>` again, as
     the recorded interpreter did: a traceback through them then prints (and reads) what it
@@ -219,6 +249,7 @@ def replay(directory, debugger_dirs):
     own_dir = os.path.dirname(os.path.abspath(__file__))
     extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     recorded_modules = extra.get("modules")
+    _watch_program_threads(sys.modules.get("threading"))
     if isinstance(recorded_modules, list):
         _forget_modules(recorded_modules, debugger_dirs)
     recorded_path = extra.get("sys_path")

@@ -338,11 +338,9 @@ unsafe fn unfinished_call(hook: &'static Hook) -> ! {
     // thread gives it up for good.
     unsafe {
         use pyo3::prelude::PyAnyMethods;
-        let daemon = pyo3::Python::assume_attached()
-            .import("threading")
-            .and_then(|t| t.call_method0("current_thread"))
-            .and_then(|t| t.getattr("daemon"))
-            .and_then(|d| d.is_truthy())
+        let daemon = known_thread(pyo3::Python::assume_attached())
+            .and_then(|t| t.getattr("daemon").ok())
+            .and_then(|d| d.is_truthy().ok())
             .unwrap_or(false);
         if !daemon {
             let thread = STATE.with(py(), |s| s.threads.current()).unwrap_or(0);
@@ -429,7 +427,7 @@ pub fn diverge(mut d: Divergence, python_alive: bool) -> ! {
     report_and_exit(d, &stack)
 }
 
-/// The calling thread's `threading` name, when `threading` is loaded.
+/// The calling thread's `threading` name, when `threading` is loaded and knows the thread.
 ///
 /// # Safety
 /// The GIL must be held.
@@ -437,10 +435,20 @@ unsafe fn current_thread_name() -> Option<String> {
     use pyo3::prelude::PyAnyMethods;
     // SAFETY: per the caller's guarantee; only reads, errors dropped.
     let py = unsafe { pyo3::Python::assume_attached() };
-    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
-    let threading = modules.get_item("threading").ok()?;
-    let name = threading.call_method0("current_thread").ok()?.getattr("name").ok()?;
-    name.extract::<String>().ok()
+    known_thread(py)?.getattr("name").ok()?.extract::<String>().ok()
+}
+
+/// The calling thread's `threading.Thread`, if `threading` is loaded and has one for it.
+///
+/// Not `threading.current_thread()`: for a thread `threading` does not know (one ending, or
+/// one started in C) that makes a `_DummyThread`, whose start takes locks, which come back
+/// through our hooks, from the very report being made.
+fn known_thread(py: pyo3::Python<'_>) -> Option<pyo3::Bound<'_, pyo3::PyAny>> {
+    use pyo3::prelude::PyAnyMethods;
+    let threading = py.import("sys").ok()?.getattr("modules").ok()?.get_item("threading").ok()?;
+    let ident = threading.call_method0("get_ident").ok()?;
+    let thread = threading.getattr("_active").ok()?.call_method1("get", (ident,)).ok()?;
+    (!thread.is_none()).then_some(thread)
 }
 
 /// [`diverge`] from a thread of ours (a database stand-in) that found the divergence while

@@ -20,6 +20,16 @@ use crate::hooks::Hook;
 use crate::session::{mode, py, Replayed, MODE_RECORD, MODE_REPLAY, STATE};
 use pyo3::ffi;
 use retrace_recorder::Value;
+use std::cell::Cell;
+
+thread_local! {
+    /// Set once the thread's function has returned: what runs after it is the thread
+    /// state's teardown (its thread-local values' finalizers, such as 3.13's
+    /// `_DeleteDummyThreadOnDel`), which follows from what the thread did, not from the
+    /// schedule. Its lock operations are not schedule points; at replay the recording of the
+    /// thread has already been checked to be used up (see [`thread_function_returned`]).
+    static FUNCTION_RETURNED: Cell<bool> = const { Cell::new(false) };
+}
 
 /// The locks `_thread._set_sentinel` made (3.11, 3.12): each is held by its thread's
 /// state and released by CPython, in C, when the thread ends; `Thread.join` waits on it.
@@ -220,6 +230,7 @@ unsafe extern "C-unwind" fn thread_entry(slf: *mut ffi::PyObject, args: *mut ffi
 /// GIL held; `slf` the entry's `(index, function)` tuple.
 #[inline(never)]
 unsafe fn thread_function_returned(index: u32, slf: *mut ffi::PyObject) {
+    FUNCTION_RETURNED.with(|returned| returned.set(true));
     if mode() != MODE_REPLAY {
         return;
     }
@@ -404,7 +415,7 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
-        if active_thread().is_none() || crate::signals::nested() || unscheduled_caller() {
+        if FUNCTION_RETURNED.with(Cell::get) || active_thread().is_none() || crate::signals::nested() || unscheduled_caller() {
             return call.call_original(original);
         }
         if is_sentinel(call.slf()) && (op != LockOp::Acquire || waits(&call)) {
