@@ -243,10 +243,13 @@ async function startSession(t: ExecutionContext, recording: string, breakpoints:
   });
   const launch = client.start("launch", configuration);
   await client.event("initialized");
-  for (const { path, line } of breakpoints) {
-    const set = await client.request("setBreakpoints", { source: { path }, breakpoints: [{ line }] });
-    const [bound] = set["breakpoints"] as { verified: boolean; line: number }[];
-    t.true(bound?.verified, `the breakpoint at ${path}:${line} is not verified: ${JSON.stringify(set)}`);
+  // One request per file, with all of its lines, as VS Code sends them.
+  for (const path of new Set(breakpoints.map((b) => b.path))) {
+    const lines = breakpoints.filter((b) => b.path === path).map(({ line }) => ({ line }));
+    const set = await client.request("setBreakpoints", { source: { path }, breakpoints: lines });
+    const bound = set["breakpoints"] as { verified: boolean; line: number }[];
+    t.is(bound.length, lines.length);
+    for (const b of bound) t.true(b.verified, `a breakpoint in ${path} is not verified: ${JSON.stringify(set)}`);
   }
   // VS Code's default exception filter for Python.
   await client.request("setExceptionBreakpoints", { filters: ["uncaught"] });
@@ -387,9 +390,26 @@ test("F5 on a threaded program: its threads, locks and queue replay next to the 
   const record = await runCli(["record", "-o", recording, "--", venvPython(), program], { cwd: dir });
   t.is(record.code, 0, record.stderr);
   const snapshot = join(recording, "run", program);
-  const line = (await readFile(snapshot, "utf8")).split("\n").findIndex((l) => l.startsWith("print(done)")) + 1;
-  const client = await startSession(t, recording, [{ path: snapshot, line }]);
+  const lines = (await readFile(snapshot, "utf8")).split("\n");
+  const line = lines.findIndex((l) => l.startsWith("print(done)")) + 1;
+  const inWorker = lines.findIndex((l) => l.includes("q.put(")) + 1;
+  const client = await startSession(t, recording, [{ path: snapshot, line: inWorker }, { path: snapshot, line }]);
+  // The first stop is in a worker thread, at its first put; its locals and a Debug Console
+  // expression that takes entropy (live, not replayed) are read there.
+  const inThread = await client.event("stopped");
+  t.is(inThread.body?.["reason"], "breakpoint");
+  const workerId = inThread.body?.["threadId"] as number;
+  const workerFrames = (await client.request("stackTrace", { threadId: workerId })) as { stackFrames: { id: number; name: string }[] };
+  const top = workerFrames.stackFrames[0];
+  t.is(top?.name, "worker");
+  t.regex((await local(client, top?.id ?? -1, "i")) ?? "", /^0$/);
+  const there = await client.request("evaluate", { expression: "len(os.urandom(5)), threading.current_thread().name", frameId: top?.id, context: "repl" });
+  t.regex(String(there["result"]), /^\(5, 'Thread-[12] \(worker\)'\)$/);
+  // The worker's breakpoint is removed, as a user clears it, and the run goes on.
+  await client.request("setBreakpoints", { source: { path: snapshot }, breakpoints: [{ line }] });
+  await client.request("continue", { threadId: workerId });
   const stopped = await client.event("stopped");
+  t.not(stopped.body?.["threadId"], workerId);
   const threadId = stopped.body?.["threadId"] as number;
   const { stackFrames } = (await client.request("stackTrace", { threadId })) as { stackFrames: { id: number }[] };
   const frameId = stackFrames[0]?.id;

@@ -172,6 +172,69 @@ def _watch_program_threads(debugger_threading):
     py_db.has_user_threads_alive = has_user_threads_alive
 
 
+# pydevd's `sys.settrace` tracers (before 3.12), which trace a thread only once its frames
+# show a `Thread` object, told by `isinstance(obj, threading.Thread)`.
+_SETTRACE_TRACERS = ("_pydevd_bundle.pydevd_trace_dispatch_regular", "_pydevd_bundle.pydevd_cython")
+
+
+def _recognise_program_threads(debugger_threading, types):
+    """Lets pydevd see the program's threads as threads.
+
+    The program's `Thread` class comes from its own `threading` (see `_forget_modules`), so
+    `isinstance(thread, threading.Thread)` against pydevd's module fails for every program
+    thread. Before 3.12 pydevd then never traces those threads (a breakpoint in them does
+    not stop), and everywhere it makes a `_DummyThread` for them. So:
+
+    * while a program thread runs, pydevd's `threading` lists it under its ident (only there:
+      the program's module does not list pydevd's threads): pydevd's `current_thread()` and
+      its lookups by ident find the program's `Thread` object, and the commands pydevd
+      queues for the thread (the variables of a stopped frame) reach it;
+    * the settrace tracers get a view of pydevd's `threading` whose `Thread` is both classes.
+
+    From 3.12 pydevd traces with `sys.monitoring` and finds a thread by its ident, in its own
+    `threading`: there the `_DummyThread` it makes for a program thread serves, and is left
+    alone (listing the program's `Thread` instead would take a Python frame of ours at the
+    thread's start, where pydevd already makes the dummy)."""
+    if sys.version_info >= (3, 12):
+        return
+
+    class ThreadingView(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(debugger_threading, name)
+
+        @property
+        def Thread(self):
+            program_threading = sys.modules.get("threading")
+            if program_threading is None or program_threading is debugger_threading:
+                return debugger_threading.Thread
+            return (debugger_threading.Thread, program_threading.Thread)
+
+    view = ThreadingView("threading")
+    for name in _SETTRACE_TRACERS:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "threading", None) is debugger_threading:
+            module.threading = view
+    starter = getattr(sys.modules.get("_pydev_bundle.pydev_monkey"), "_NewThreadStartupWithTrace", None)
+    start_in_thread = getattr(starter, "__call__", None)
+    if start_in_thread is None:
+        return
+
+    def listed_while_running(self):
+        thread = getattr(getattr(self, "original_func", None), "__self__", None)
+        program_threading = sys.modules.get("threading")
+        if program_threading is None or program_threading is debugger_threading or not isinstance(thread, program_threading.Thread):
+            return start_in_thread(self)
+        ident = debugger_threading.get_ident()
+        debugger_threading._active[ident] = thread
+        try:
+            return start_in_thread(self)
+        finally:
+            if debugger_threading._active.get(ident) is thread:
+                del debugger_threading._active[ident]
+
+    starter.__call__ = listed_while_running
+
+
 def _refreeze(types):
     """Names the frames of the modules CPython freezes by default `<frozen NAME>` again, as
     the recorded interpreter did: a traceback through them then prints (and reads) what it
@@ -250,6 +313,8 @@ def replay(directory, debugger_dirs):
     extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     recorded_modules = extra.get("modules")
     _watch_program_threads(sys.modules.get("threading"))
+    if sys.modules.get("threading") is not None:
+        _recognise_program_threads(sys.modules["threading"], types)
     if isinstance(recorded_modules, list):
         _forget_modules(recorded_modules, debugger_dirs)
     recorded_path = extra.get("sys_path")
