@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { openRecording } from "../ts/api.js";
-import { CLI, assertReplaysLike, makeTempDir, PYTHON, recordAndReplay, ROOT, runCli, runProcess, writeProgram } from "./helpers.js";
+import { CLI, assertReplaysLike, forgetRecordedCopy, makeTempDir, PYTHON, recordAndReplay, ROOT, runCli, runProcess, writeProgram } from "./helpers.js";
 
 
 test("clocks and sleep replay the recorded readings, also through early aliases", async (t) => {
@@ -205,10 +205,11 @@ test("edited code is reported as a divergence with the event, both calls and the
     print(step())
   `,
     {
-      beforeReplay: async ({ dir }) => {
+      beforeReplay: async ({ dir, recording }) => {
         const path = join(dir, "main.py");
         const source = await readFile(path, "utf8");
         await writeFile(path, source.replace("return time.time()", "return os.urandom(2)"));
+        await forgetRecordedCopy(recording, path);
       },
     },
   );
@@ -223,7 +224,10 @@ test("edited code is reported as a divergence with the event, both calls and the
 
 test("a program that makes more calls than recorded diverges at the end of the trace", async (t) => {
   const r = await recordAndReplay(`import time; print(time.time())`, {
-    beforeReplay: async ({ dir }) => writeFile(join(dir, "main.py"), "import time\nprint(time.time())\nprint(time.time())\n"),
+    beforeReplay: async ({ dir, recording }) => {
+      await writeFile(join(dir, "main.py"), "import time\nprint(time.time())\nprint(time.time())\n");
+      await forgetRecordedCopy(recording, join(dir, "main.py"));
+    },
   });
   t.is(r.replay.code, 86);
   // What the recording holds next is its shutdown (standard input being closed), not a clock.

@@ -5,7 +5,7 @@
 import test from "ava";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { dedent, recordAndReplay, runCli } from "./helpers.js";
+import { dedent, forgetRecordedCopy, recordAndReplay, runCli } from "./helpers.js";
 
 interface Crashed {
   type: string;
@@ -75,10 +75,13 @@ test("the uncaught exception is recorded whatever sys.excepthook the program ins
   t.is(crashed?.message, "'k'");
 });
 
-/** Records CRASHING, then replays it with main.py replaced by `edited`. */
-async function replayEdited(edited: string) {
-  return recordAndReplay(CRASHING, {
-    beforeReplay: async ({ dir }) => writeFile(join(dir, "main.py"), dedent(edited)),
+/** Records `source`, then replays it with main.py replaced by `edited` (and its recorded copy dropped). */
+async function replayEdited(edited: string, source = CRASHING) {
+  return recordAndReplay(source, {
+    beforeReplay: async ({ dir, recording }) => {
+      await writeFile(join(dir, "main.py"), dedent(edited));
+      await forgetRecordedCopy(recording, join(dir, "main.py"));
+    },
   });
 }
 
@@ -101,9 +104,7 @@ test("a replay that no longer crashes, or crashes where the recording did not, d
   t.is(healed.replay.code, 86, healed.replay.stderr);
   t.regex(healed.replay.stderr, /expected: the uncaught exception RuntimeError: cannot parse …\n/);
 
-  const crashes = await recordAndReplay(`import time\ntime.time()\n`, {
-    beforeReplay: async ({ dir }) => writeFile(join(dir, "main.py"), `import time\ntime.time()\nraise ValueError("late")\n`),
-  });
+  const crashes = await replayEdited(`import time\ntime.time()\nraise ValueError("late")\n`, `import time\ntime.time()\n`);
   t.is(crashes.record.code, 0);
   t.is(crashes.replay.code, 86, crashes.replay.stderr);
   t.regex(crashes.replay.stderr, /expected: call .*\n {2}actual: {3}the uncaught exception ValueError: late\n/);

@@ -237,6 +237,20 @@ export function replayOffline(recording: string, cwd: string): Promise<CliResult
   return runProcess("unshare", ["-n", process.execPath, CLI, "replay", recording], { cwd });
 }
 
+/**
+ * Drops the recording's copy of a source (as when the copy could not be made), so that a
+ * replay runs the file at `path` as it is now: the way to replay a changed program.
+ */
+export async function forgetRecordedCopy(recording: string, path: string): Promise<void> {
+  const sourcesPath = join(recording, "sources.json");
+  const sources = JSON.parse(readFileSync(sourcesPath, "utf8")) as { files: Record<string, { snapshot: string }> };
+  const entry = sources.files[path];
+  if (entry === undefined) throw new Error(`${path} has no copy in ${recording}`);
+  await rm(join(recording, entry.snapshot));
+  delete sources.files[path];
+  await writeFile(sourcesPath, JSON.stringify(sources));
+}
+
 /** The program's own stderr at record time, without the CLI's `retrace: recording to` line. */
 export function programStderr(record: CliResult): string {
   return record.stderr.replace(/^retrace: recording to .*\n/, "");

@@ -8,7 +8,7 @@ import test from "ava";
 import { existsSync } from "node:fs";
 import { cp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { makeTempDir, programStderr, PYTHON, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
+import { makeTempDir, programStderr, PYTHON, recordAndReplay, replayOffline, ROOT, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
 
 
 test("a module the program writes and then imports replays, without being written again", async (t) => {
@@ -91,6 +91,67 @@ test("a recorded source edited in the recording is refused before the replay run
   t.is(replay.stdout, "");
 });
 
+test("the main script gone or edited: the replay runs its recorded copy, under its recorded path and argv", async (t) => {
+  const dir = await makeTempDir("main-copy");
+  const main = await writeProgram(dir, "app/main.py", `
+    import os, random, sys, threading
+    import helper
+    print(__file__, sys.argv, sys.orig_argv[1:], __name__, helper.VALUE)
+    values = []
+    worker = threading.Thread(target=lambda: values.append(os.urandom(4).hex()))
+    worker.start()
+    worker.join()
+    print(values, random.random())
+    def fail():
+        raise ValueError("at the end")
+    fail()
+  `);
+  await writeProgram(dir, "app/helper.py", "VALUE = 42\n");
+  const recording = join(dir, "rec");
+  const record = await runCli(["record", "-o", recording, "--", "python3", "-X", "utf8", "app/main.py", "--flag"], { cwd: dir });
+  t.is(record.code, 1, record.stderr);
+  t.regex(record.stdout, /app\/main\.py \['app\/main\.py', '--flag'\] \['-X', 'utf8', 'app\/main\.py', '--flag'\] __main__ 42\n/);
+  const note = (change: string): string => `retrace: ${main} ${change}; the replay runs its recorded copy\n`;
+
+  await writeFile(main, "print('edited since')\n");
+  const edited = await replayOffline(recording, dir);
+  t.is(edited.stdout, record.stdout);
+  t.is(edited.stderr, note("differs from the one recorded") + programStderr(record));
+  t.is(edited.code, 1);
+
+  await rm(join(dir, "app"), { recursive: true });
+  const gone = await runCli(["replay", recording], { cwd: dir });
+  t.is(gone.stdout, record.stdout);
+  t.is(gone.stderr, note("is gone") + programStderr(record));
+  t.is(gone.code, 1);
+  // The same through the interpreter alone.
+  const alone = await runProcess("python3", ["-m", "retrace", "--recording", recording], { cwd: join(recording, "run"), env: { PYTHONPATH: join(ROOT, "python") } });
+  t.is(alone.stdout, record.stdout);
+  t.is(alone.stderr, note("is gone") + programStderr(record));
+  t.is(alone.code, 1);
+});
+
+test("the stdlib sources a program ran are hashed, and a replaying interpreter whose stdlib differs is named in a warning", async (t) => {
+  const r = await recordAndReplay(`
+    import json, threading
+    print(json.dumps({"threads": threading.active_count()}))
+  `);
+  t.is(r.record.code, 0, r.record.stderr);
+  const path = join(r.recording, "sources.json");
+  const sources = JSON.parse(await readFile(path, "utf8")) as { stdlib: Record<string, string>; files: Record<string, unknown> };
+  t.truthy(sources.stdlib["json/__init__.py"], Object.keys(sources.stdlib).join(" "));
+  t.truthy(sources.stdlib["threading.py"]);
+  t.false(Object.keys(sources.files).some((f) => f.endsWith("/threading.py")), "the stdlib is not copied");
+  t.is(r.replay.stderr, programStderr(r.record), "the same stdlib: no warning");
+  // As if the replaying interpreter were another build: its json package is not the one that ran.
+  sources.stdlib["json/__init__.py"] = "0".repeat(32);
+  await writeFile(path, JSON.stringify(sources));
+  const replay = await runCli(["replay", r.recording], { cwd: r.dir });
+  t.is(replay.code, 0, replay.stderr);
+  t.is(replay.stdout, r.record.stdout);
+  t.regex(replay.stderr, /^retrace: warning: 1 of the \d+ stdlib sources the program ran differ from this interpreter's \(json\/__init__\.py\)/m);
+});
+
 test("Flask's own test suite, from its source distribution, replays with the checkout deleted", async (t) => {
   const dir = await makeTempDir("flask-suite");
   // The sdist of the Flask version the venv holds (pinned in __test__/requirements.txt).
@@ -129,7 +190,12 @@ test("a Flask program replays with Flask and Werkzeug uninstalled and its own mo
   const site = (await runProcess(python, ["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])).stdout.trim();
   const names = (await readdir(shared)).filter((n) => /^(flask|werkzeug|jinja2|markupsafe|itsdangerous|click|blinker)([-_.]|$)/i.test(n));
   t.true(names.some((n) => n === "flask") && names.some((n) => n === "werkzeug"), names.join(" "));
-  for (const name of names) await cp(join(shared, name), join(site, name), { recursive: true });
+  // Timestamps kept: the bytecode caches stay valid, as in any installed library, so the
+  // interpreter runs Flask from them without reading its sources.
+  for (const name of names) await cp(join(shared, name), join(site, name), { recursive: true, preserveTimestamps: true });
+  const cached = await runProcess(python, ["-c", "import importlib.util, flask; print(importlib.util.cache_from_source(flask.__file__))"]);
+  t.is(cached.code, 0, cached.stderr);
+  t.true(existsSync(cached.stdout.trim()), `no bytecode cache for Flask: ${cached.stdout}`);
 
   const project = join(dir, "project");
   await writeProgram(project, "service.py", `

@@ -95,7 +95,30 @@ def _record(words):
     _launch.run_recorded(display, directory, executable, [executable] + args, env)
 
 
+def _run_copy(setting):
+    """Started by a replay's bootstrap to run the main script's recorded copy (see
+    `_bootstrap._run_copy_if_script_changed`): the replay runs here, as under a debugger."""
+    import json
+
+    try:
+        config = json.loads(setting)
+        directory = config["dir"]
+    except (ValueError, KeyError, TypeError):
+        raise _launch.RetraceError("__RETRACE_RUN_COPY is not retrace's", "unset it", _launch.EXIT_USAGE)
+    if config.get("pythonpath") is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = config["pythonpath"]
+    from retrace import _debugger
+
+    _debugger.replay(directory, None)
+
+
 def main(argv):
+    setting = os.environ.pop("__RETRACE_RUN_COPY", None)
+    if setting is not None:
+        _run_copy(setting)
+        return 0
     if not argv:
         raise _usage_error("no recording given")
     first = argv[0]

@@ -33,6 +33,11 @@ def boot(config, boot_dir):
     if settings is None:
         _chain()
         return
+    if settings["mode"] == "replay":
+        try:
+            _run_copy_if_script_changed(settings, boot_dir)
+        except Exception as error:
+            _fail(config, "cannot check the main script against its recorded copy: %s" % error, None)
     try:
         warnings = start(_pyhook, settings["mode"], settings["dir"], settings["hashseed"], settings.get("chaos", False))
     except Exception as error:
@@ -64,6 +69,10 @@ def start(pyhook, mode, directory, hashseed=None, chaos=False):
                 "hash_seed": hashseed,
                 # What the import view leaves to the interpreter: the stdlib and us.
                 "import_skip": [os.path.dirname(os.__file__) + os.sep, os.path.dirname(__file__) + os.sep],
+                # Where the stdlib sources are, hashed rather than copied.
+                "stdlib_dir": os.path.dirname(os.__file__) + os.sep,
+                "preloaded_sources": sorted({m.__file__ for m in list(sys.modules.values())
+                                             if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith(".py")}),
                 "main_script": _main_script(),
                 "chaos": chaos,
                 # What a replay in a debugger's process puts back (`_debugger.py`).
@@ -71,7 +80,7 @@ def start(pyhook, mode, directory, hashseed=None, chaos=False):
                 "sys_path": [p for p in sys.path if isinstance(p, str)],
             }
         else:
-            header = {"version_info": tuple(sys.version_info[:3])}
+            header = {"version_info": tuple(sys.version_info[:3]), "stdlib_dir": os.path.dirname(os.__file__) + os.sep}
         warnings = pyhook.start(mode, directory, os.path.dirname(__file__), header)
         _watch_imports(pyhook)
         _forget_listings()
@@ -142,13 +151,64 @@ def _describe_uncaught(value, tb, replaying):
     return name, message, text
 
 
-def _main_script():
-    """The script the interpreter was started with, which it reads itself."""
+def _run_copy_if_script_changed(settings, boot_dir):
+    """At replay, the interpreter is about to run the main script from its recorded path,
+    which it reads itself, out of our hooks' sight. When that file is gone or no longer holds
+    the recorded bytes, this process is replaced by one that runs the recorded copy in
+    `run/` in place of the script (`python -m retrace`, see `_debugger.replay`), under the
+    recorded paths. Nothing has been recorded or replayed yet.
+
+    It imports nothing unless it replaces the process: the modules loaded before the session
+    must be those loaded when recording (`inspect.getmodule` walks them, for one)."""
+    directory = str(settings["dir"])
+    script = _main_script_path()
+    if script is None:
+        return
+    try:
+        # Where the recording copies a source (`imports.rs`): run/ + its absolute path.
+        with open(os.path.join(directory, "run" + script), "rb") as f:
+            recorded = f.read()
+    except OSError:
+        return  # no copy: the script runs as it is (a missing one fails as it would)
+    try:
+        with open(script, "rb") as f:
+            if f.read() == recorded:
+                return
+        change = "differs from the one recorded"
+    except OSError:
+        change = "is gone"
+    sys.stderr.write("retrace: %s %s; the replay runs its recorded copy\n" % (script, change))
+    import json
+    argv = list(getattr(sys, "orig_argv", None) or [])
+    options = argv[1:len(argv) - len(sys.argv)] if len(argv) > len(sys.argv) else []
+    env = dict(os.environ)
+    env["__RETRACE_RUN_COPY"] = json.dumps({"dir": directory, "pythonpath": env.get("PYTHONPATH"),
+                                            "hashseed_injected": settings["hashseed_injected"]})
+    package_parent = os.path.dirname(os.path.dirname(boot_dir))
+    env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["PYTHONHASHSEED"] = str(settings["hashseed"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execve(sys.executable, [sys.executable] + options + ["-m", "retrace"], env)
+    except OSError as error:
+        _fail('"mode":"replay"', "cannot start %s to run the recorded copy of %s: %s" % (sys.executable, script, error), None)
+
+
+def _main_script_path():
+    """The absolute path of the script the interpreter was started with, whether or not it
+    exists (None for `-c`, `-m` and the interactive interpreter)."""
     argv = getattr(sys, "orig_argv", None) or []
     script = sys.argv[0] if sys.argv else ""
-    if script in ("", "-c", "-m") or "-c" in argv[1:2] or not os.path.isfile(script):
+    if script in ("", "-c", "-m") or "-c" in argv[1:2]:
         return None
     return os.path.abspath(script)
+
+
+def _main_script():
+    """The script the interpreter was started with, which it reads itself."""
+    script = _main_script_path()
+    return script if script is not None and os.path.isfile(script) else None
 
 
 def _hide(settings, boot_dir):

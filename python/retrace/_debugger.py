@@ -282,8 +282,13 @@ def _frozen_runpy(types):
 
 
 def replay(directory, debugger_dirs):
-    """Replays DIR in this process, which a debugger runs. Returns only by raising
-    SystemExit (the program's exit status) or RetraceError (the replay could not start)."""
+    """Replays DIR in this process, which a debugger runs (its code under `debugger_dirs`),
+    or, with `debugger_dirs` None, which the replay's bootstrap started to run the main
+    script's recorded copy (the script at its recorded path is gone or was edited; see
+    `_bootstrap._run_copy_if_script_changed`). Returns only by raising SystemExit (the
+    program's exit status) or RetraceError (the replay could not start)."""
+    debugging = debugger_dirs is not None
+    debugger_dirs = debugger_dirs or []
     directory = os.path.abspath(directory)
     _executable, _args, cwd, seed, injected = _launch.plan_replay(directory, os.environ)
     meta = _launch.read_metadata(directory)
@@ -308,13 +313,15 @@ def replay(directory, debugger_dirs):
     if injected:
         os.environ.pop("PYTHONHASHSEED", None)
     os.chdir(cwd)
-    _move_descriptors(_pyhook)
+    if debugging:
+        _move_descriptors(_pyhook)
     own_dir = os.path.dirname(os.path.abspath(__file__))
     extra = meta.get("extra") if isinstance(meta.get("extra"), dict) else {}
     recorded_modules = extra.get("modules")
-    _watch_program_threads(sys.modules.get("threading"))
-    if sys.modules.get("threading") is not None:
-        _recognise_program_threads(sys.modules["threading"], types)
+    if debugging:
+        _watch_program_threads(sys.modules.get("threading"))
+        if sys.modules.get("threading") is not None:
+            _recognise_program_threads(sys.modules["threading"], types)
     if isinstance(recorded_modules, list):
         _forget_modules(recorded_modules, debugger_dirs)
     recorded_path = extra.get("sys_path")
@@ -331,6 +338,8 @@ def replay(directory, debugger_dirs):
     if recorded_frozen and getattr(sys, "_xoptions", {}).get("frozen_modules") == "off":
         _refreeze(types)
     sys.argv[:] = list(meta.get("argv") or [""])
+    if not debugging and isinstance(meta.get("orig_argv"), list) and hasattr(sys, "orig_argv"):
+        sys.orig_argv = list(meta["orig_argv"])
     main = types.ModuleType("__main__")
     main.__dict__["__builtins__"] = builtins
     if kind == "script":
@@ -347,11 +356,12 @@ def replay(directory, debugger_dirs):
     # The interpreter closes standard input as it exits (a recorded call). Here pydevd keeps
     # references to it, which may go at another moment or on its own threads: it is closed
     # after the program's exit handlers instead (registered first, this one runs last).
-    import atexit
+    if debugging:
+        import atexit
 
-    if sys.__stdin__ is not None:
-        atexit.register(_close_stdin, sys.__stdin__)
-    _pyhook.debugger_attached(list(debugger_dirs))
+        if sys.__stdin__ is not None:
+            atexit.register(_close_stdin, sys.__stdin__)
+        _pyhook.debugger_attached(list(debugger_dirs))
     # pydevd replaced `_thread`'s thread starters with Python wrappers around the originals,
     # which are the ones to hook (the wrappers, calling them, stay in place).
     import _thread

@@ -12,8 +12,13 @@
 //! keeps its recorded path as `__file__`), and bytecode caches next to recorded sources are
 //! ignored so the recorded source is what gets compiled. A replay therefore runs the
 //! recorded code even when the checkout was edited or deleted; the stdlib comes from the
-//! interpreter (the recording names its version). Copies edited after the recording are
-//! refused when the replay starts.
+//! interpreter (the recording names its version), and the hash of each stdlib source the
+//! program ran is kept to be compared with the replaying interpreter's. Copies edited after
+//! the recording are refused when the replay starts.
+//!
+//! A module whose bytecode cache is valid is run from the cache, and its source is never
+//! read: the source is copied (or, in the stdlib, hashed) when the import system opens the
+//! cache instead.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -45,12 +50,16 @@ pub struct Sources {
     #[serde(default)]
     pub path0: Option<String>,
     pub files: BTreeMap<String, SourceFile>,
+    /// The stdlib sources the program ran (its own or through a cache), by path relative to
+    /// the stdlib directory: xxh3-128, hex.
+    #[serde(default)]
+    pub stdlib: BTreeMap<String, String>,
     pub dirs: BTreeMap<String, Vec<String>>,
     pub stats: BTreeMap<String, Stat>,
 }
 
 pub enum ImportView {
-    Recording { dir: PathBuf, skip: Vec<String>, sources: Sources, failed: bool },
+    Recording { dir: PathBuf, skip: Vec<String>, stdlib_dir: String, sources: Sources, failed: bool },
     Replaying { dir: PathBuf, sources: Sources },
 }
 
@@ -58,25 +67,33 @@ fn hash_hex(bytes: &[u8]) -> String {
     format!("{:032x}", xxh3_128(bytes))
 }
 
-/// Whether the import system's view of `path` is kept (outside the stdlib and our package).
-fn kept(skip: &[String], path: &str) -> bool {
+/// Whether the import system's view of `path` is kept: not under a `skip` directory (our
+/// package, wherever it is installed), and not in the stdlib unless in a `site-packages`
+/// under it (a system Python's).
+fn kept(skip: &[String], stdlib_dir: &str, path: &str) -> bool {
     let dir_form = format!("{}/", path.trim_end_matches('/'));
     let in_site_packages = dir_form.contains("/site-packages/") || dir_form.contains("/dist-packages/");
-    path.starts_with('/') && (in_site_packages || !skip.iter().any(|s| dir_form.starts_with(s.as_str())))
+    path.starts_with('/')
+        && !skip.iter().any(|s| s != stdlib_dir && dir_form.starts_with(s.as_str()))
+        && (in_site_packages || !dir_form.starts_with(stdlib_dir))
 }
 
 impl ImportView {
-    pub fn recording(dir: &Path, skip: Vec<String>) -> ImportView {
-        ImportView::Recording { dir: dir.to_path_buf(), skip, sources: Sources::default(), failed: false }
+    /// `stdlib_dir` ends with `/`; sources under it (outside a `site-packages`) are hashed,
+    /// not copied.
+    pub fn recording(dir: &Path, skip: Vec<String>, stdlib_dir: String) -> ImportView {
+        ImportView::Recording { dir: dir.to_path_buf(), skip, stdlib_dir, sources: Sources::default(), failed: false }
     }
 
-    /// The recorded view for a replay, each copy checked against its hash.
-    pub fn replaying(dir: &Path) -> Result<ImportView, String> {
+    /// The recorded view for a replay, each copy checked against its hash. Also returns a
+    /// warning when stdlib sources the program ran differ from those under `stdlib_dir` (the
+    /// replaying interpreter's), which a replay runs instead.
+    pub fn replaying(dir: &Path, stdlib_dir: &Path) -> Result<(ImportView, Option<String>), String> {
         let path = dir.join("sources.json");
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ImportView::Replaying { dir: dir.to_path_buf(), sources: Sources::default() })
+                return Ok((ImportView::Replaying { dir: dir.to_path_buf(), sources: Sources::default() }, None))
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
@@ -89,15 +106,43 @@ impl ImportView {
                 return Err(format!("{} was edited after it was recorded (it holds the code of {original})", copy.display()));
             }
         }
-        Ok(ImportView::Replaying { dir: dir.to_path_buf(), sources })
+        let differing: Vec<&str> = sources
+            .stdlib
+            .iter()
+            .filter(|(relative, hash)| std::fs::read(stdlib_dir.join(relative)).map_or(true, |bytes| hash_hex(&bytes) != **hash))
+            .map(|(relative, _)| relative.as_str())
+            .collect();
+        let warning = (!differing.is_empty()).then(|| {
+            format!(
+                "{} of the {} stdlib sources the program ran differ from this interpreter's ({}{}): \
+                 the replay runs this interpreter's, and may diverge where they are used; \
+                 replay with the Python build that recorded",
+                differing.len(),
+                sources.stdlib.len(),
+                differing[..differing.len().min(3)].join(", "),
+                if differing.len() > 3 { ", ..." } else { "" }
+            )
+        });
+        Ok((ImportView::Replaying { dir: dir.to_path_buf(), sources }, warning))
     }
 
     /// Recording: a source file the import system (or the interpreter, for the main
     /// script) is about to read. Copied once, as it is now; a failure to copy only means a
     /// replay will need the file in place.
     pub fn capture_file(&mut self, path: &str) {
-        let ImportView::Recording { dir, skip, sources, failed } = self else { return };
-        if *failed || !path.ends_with(".py") || sources.files.contains_key(path) || !kept(skip, path) {
+        let ImportView::Recording { dir, skip, stdlib_dir, sources, failed } = self else { return };
+        if *failed || !path.ends_with(".py") || sources.files.contains_key(path) {
+            return;
+        }
+        if !kept(skip, stdlib_dir, path) {
+            let ours = skip.iter().any(|s| s != stdlib_dir && path.starts_with(s.as_str()));
+            if let Some(relative) = path.strip_prefix(stdlib_dir.as_str()).filter(|_| !ours) {
+                if !sources.stdlib.contains_key(relative) {
+                    if let Ok(bytes) = std::fs::read(path) {
+                        sources.stdlib.insert(relative.to_owned(), hash_hex(&bytes));
+                    }
+                }
+            }
             return;
         }
         let Ok(bytes) = std::fs::read(path) else { return };
@@ -113,16 +158,16 @@ impl ImportView {
     }
 
     pub fn note_listing(&mut self, path: &str, entries: Vec<String>) {
-        if let ImportView::Recording { skip, sources, .. } = self {
-            if kept(skip, path) {
+        if let ImportView::Recording { skip, stdlib_dir, sources, .. } = self {
+            if kept(skip, stdlib_dir, path) {
                 sources.dirs.insert(path.to_owned(), entries);
             }
         }
     }
 
     pub fn note_stat(&mut self, path: &str, stat: Stat) {
-        if let ImportView::Recording { skip, sources, .. } = self {
-            if kept(skip, path) {
+        if let ImportView::Recording { skip, stdlib_dir, sources, .. } = self {
+            if kept(skip, stdlib_dir, path) {
                 sources.stats.insert(path.to_owned(), stat);
             }
         }
@@ -294,7 +339,10 @@ pub enum SourceOpen {
 
 pub fn source_open(path: &str) -> SourceOpen {
     if crate::session::mode() == crate::session::MODE_RECORD {
-        with_view(|v| v.capture_file(path));
+        with_view(|v| match source_of_cache(path) {
+            Some(source) => v.capture_file(&source),
+            None => v.capture_file(path),
+        });
         return SourceOpen::AsIs;
     }
     with_view(|v| {
@@ -307,6 +355,16 @@ pub fn source_open(path: &str) -> SourceOpen {
         }
     })
     .unwrap_or(SourceOpen::AsIs)
+}
+
+/// The source a bytecode cache was compiled from (PEP 3147):
+/// `DIR/__pycache__/NAME.TAG[.opt-N].pyc` is `DIR/NAME.py`.
+fn source_of_cache(path: &str) -> Option<String> {
+    let (dir, file) = path.rsplit_once("/__pycache__/")?;
+    let stem = file.strip_suffix(".pyc")?;
+    let stem = stem.rsplit_once(".opt-").map_or(stem, |(s, _)| s);
+    let (name, _tag) = stem.rsplit_once('.')?;
+    Some(format!("{dir}/{name}.py"))
 }
 
 /// Once the interpreter has inserted `sys.path[0]`: recording notes
@@ -342,4 +400,29 @@ pub fn capture_main_script(path: &str) {
 /// Recording: writes `sources.json` (at the end of the session).
 pub fn finish() -> std::io::Result<()> {
     with_view(|v| v.write()).unwrap_or(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kept, source_of_cache};
+
+    #[test]
+    fn kept_leaves_out_our_package_and_the_stdlib_but_not_its_site_packages() {
+        let stdlib = "/usr/lib/python3.11/";
+        let skip = vec![stdlib.to_owned(), "/venv/lib/python3.11/site-packages/retrace/".to_owned()];
+        assert!(kept(&skip, stdlib, "/app/main.py"));
+        assert!(kept(&skip, stdlib, "/venv/lib/python3.11/site-packages/flask/app.py"));
+        assert!(kept(&skip, stdlib, "/usr/lib/python3.11/site-packages/six.py"));
+        assert!(!kept(&skip, stdlib, "/usr/lib/python3.11/json/__init__.py"));
+        assert!(!kept(&skip, stdlib, "/venv/lib/python3.11/site-packages/retrace/_boot/sitecustomize.py"));
+        assert!(!kept(&skip, stdlib, "relative.py"));
+    }
+
+    #[test]
+    fn a_cache_names_its_source() {
+        assert_eq!(source_of_cache("/a/b/__pycache__/mod.cpython-311.pyc").as_deref(), Some("/a/b/mod.py"));
+        assert_eq!(source_of_cache("/a/__pycache__/x.y.cpython-312.opt-1.pyc").as_deref(), Some("/a/x.y.py"));
+        assert_eq!(source_of_cache("/a/b/mod.py"), None);
+        assert_eq!(source_of_cache("/a/__pycache__/notes.txt"), None);
+    }
 }

@@ -110,6 +110,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
     let version_info: (u32, u32, u32) = item("version_info")?.extract()?;
     pg::set_trace_dir(root_trace(&dir).parent().unwrap_or(&dir).to_path_buf());
     let imports;
+    let mut replay_warnings = Vec::new();
     let mut main_script: Option<String> = None;
     let session = match mode {
         "record" => {
@@ -149,7 +150,13 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
                 PyRuntimeError::new_err(format!("cannot create {}: {e}", trace.display()))
             })?;
             let skip: Vec<String> = item("import_skip")?.extract()?;
-            imports = Some(imports::ImportView::recording(&dir, skip));
+            let mut view = imports::ImportView::recording(&dir, skip, item("stdlib_dir")?.extract()?);
+            // Modules the interpreter (and `.pth` files, and we) imported before the session
+            // ran too: their sources are kept or hashed like the program's imports.
+            for path in item("preloaded_sources")?.extract::<Vec<String>>()? {
+                view.capture_file(&path);
+            }
+            imports = Some(view);
             main_script = info.get_item("main_script")?.and_then(|s| s.extract::<String>().ok());
             if info.get_item("chaos")?.is_some_and(|c| c.is_truthy().unwrap_or(false)) {
                 threads::enable_chaos();
@@ -177,7 +184,16 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
                 std::fs::read_to_string(dir.join("meta.json")).ok().and_then(|t| serde_json::from_str(&t).ok());
             let code = meta.as_ref().and_then(|m| m.pointer("/exit/code")).and_then(serde_json::Value::as_i64);
             RECORDED_EXIT_CODE.store(code.unwrap_or(0) as i32, Ordering::Relaxed);
-            imports = Some(imports::ImportView::replaying(&dir).map_err(PyRuntimeError::new_err)?);
+            let stdlib_dir: PathBuf = item("stdlib_dir")?.extract()?;
+            let (view, stdlib_warning) = imports::ImportView::replaying(&dir, &stdlib_dir).map_err(PyRuntimeError::new_err)?;
+            imports = Some(view);
+            let (_, _, recorded_micro) = recorded.python.version_info;
+            if let Some(mut warning) = stdlib_warning {
+                if recorded_micro != version_info.2 {
+                    warning.push_str(&format!(" (it recorded with Python {rmaj}.{rmin}.{recorded_micro}, this is {}.{}.{})", version_info.0, version_info.1, version_info.2));
+                }
+                replay_warnings.push(warning);
+            }
             Session::Replaying(Replayer::new(reader))
         }
         other => return Err(PyValueError::new_err(format!("unknown mode {other:?}"))),
@@ -200,7 +216,7 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
         pyo3::ffi::Py_AtExit(Some(at_exit));
         libc::pthread_atfork(None, None, Some(in_forked_child));
     }
-    let mut warnings = Vec::new();
+    let mut warnings = replay_warnings;
     // SAFETY: the GIL is held (we have a token), and the program has not started.
     if let Err(e) = unsafe { identity::install() } {
         warnings.push(format!("hashes of objects stay address-based: {e}"));
