@@ -225,6 +225,10 @@ def _recognise_program_threads(debugger_threading, types):
         if program_threading is None or program_threading is debugger_threading or not isinstance(thread, program_threading.Thread):
             return start_in_thread(self)
         ident = debugger_threading.get_ident()
+        # `Thread._bootstrap_inner` sets this same ident a moment later; until then pydevd,
+        # which already knows the thread, would log "thread._ident is None" on stderr.
+        if thread._ident is None:
+            thread._ident = ident
         debugger_threading._active[ident] = thread
         try:
             return start_in_thread(self)
