@@ -258,7 +258,7 @@ if (avaArgs.length === 0) {
 if (runMatrix) {
   for (const { version, python: py } of matrix) {
     const env = { ...services, RETRACE_TEST_PYTHON: py, RETRACE_TEST_VENV_PYTHON: venvs[version] };
-    await avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/crash.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts", "__test__/imports.test.ts", "__test__/postgres.test.ts", "__test__/vscode.test.ts"], env);
+    await avaRun(`ava: record/replay suites on CPython ${version}`, ["__test__/boundaries.test.ts", "__test__/crash.test.ts", "__test__/damage.test.ts", "__test__/io.test.ts", "__test__/signals.test.ts", "__test__/imports.test.ts", "__test__/postgres.test.ts", "__test__/stacks.test.ts", "__test__/vscode.test.ts"], env);
     await avaRun(`ava: the thread suite on CPython ${version}`, [THREADS], env);
   }
 }
