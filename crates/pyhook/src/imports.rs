@@ -59,7 +59,7 @@ pub struct Sources {
 }
 
 pub enum ImportView {
-    Recording { dir: PathBuf, skip: Vec<String>, stdlib_dir: String, sources: Sources, failed: bool },
+    Recording { dir: PathBuf, skip: Vec<String>, stdlib_dir: String, sources: Sources, disk: DiskWork },
     Replaying { dir: PathBuf, sources: Sources },
 }
 
@@ -82,7 +82,7 @@ impl ImportView {
     /// `stdlib_dir` ends with `/`; sources under it (outside a `site-packages`) are hashed,
     /// not copied.
     pub fn recording(dir: &Path, skip: Vec<String>, stdlib_dir: String) -> ImportView {
-        ImportView::Recording { dir: dir.to_path_buf(), skip, stdlib_dir, sources: Sources::default(), failed: false }
+        ImportView::Recording { dir: dir.to_path_buf(), skip, stdlib_dir, sources: Sources::default(), disk: DiskWork::default() }
     }
 
     /// The recorded view for a replay, each copy checked against its hash. Also returns a
@@ -130,31 +130,23 @@ impl ImportView {
     /// script) is about to read. Copied once, as it is now; a failure to copy only means a
     /// replay will need the file in place.
     pub fn capture_file(&mut self, path: &str) {
-        let ImportView::Recording { dir, skip, stdlib_dir, sources, failed } = self else { return };
-        if *failed || !path.ends_with(".py") || sources.files.contains_key(path) {
+        let ImportView::Recording { dir, skip, stdlib_dir, sources, disk } = self else { return };
+        if !path.ends_with(".py") || sources.files.contains_key(path) || disk.stdlib_seen.contains(path) {
             return;
         }
         if !kept(skip, stdlib_dir, path) {
             let ours = skip.iter().any(|s| s != stdlib_dir && path.starts_with(s.as_str()));
             if let Some(relative) = path.strip_prefix(stdlib_dir.as_str()).filter(|_| !ours) {
-                if !sources.stdlib.contains_key(relative) {
-                    if let Ok(bytes) = std::fs::read(path) {
-                        sources.stdlib.insert(relative.to_owned(), hash_hex(&bytes));
-                    }
-                }
+                disk.stdlib_seen.insert(path.to_owned());
+                disk.send(DiskJob::HashStdlib { path: path.to_owned(), relative: relative.to_owned() });
             }
             return;
         }
+        // Read now: the copy holds the bytes the program ran, even if the file changes later.
         let Ok(bytes) = std::fs::read(path) else { return };
         let relative = format!("run{path}");
-        let target = dir.join(&relative);
-        let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
-        if let Err(e) = written {
-            *failed = true;
-            eprintln!("retrace: warning: cannot copy {path} into the recording ({e}); a replay will need it in place");
-            return;
-        }
-        sources.files.insert(path.to_owned(), SourceFile { snapshot: relative, xxh3_128: hash_hex(&bytes) });
+        sources.files.insert(path.to_owned(), SourceFile { snapshot: relative.clone(), xxh3_128: hash_hex(&bytes) });
+        disk.send(DiskJob::Copy { original: path.to_owned(), target: dir.join(relative), bytes });
     }
 
     pub fn note_listing(&mut self, path: &str, entries: Vec<String>) {
@@ -179,8 +171,13 @@ impl ImportView {
         }
     }
 
-    pub fn write(&self) -> std::io::Result<()> {
-        let ImportView::Recording { dir, sources, .. } = self else { return Ok(()) };
+    pub fn write(&mut self) -> std::io::Result<()> {
+        let ImportView::Recording { dir, sources, disk, .. } = self else { return Ok(()) };
+        let done = disk.finish();
+        for original in &done.failed {
+            sources.files.remove(original);
+        }
+        sources.stdlib.extend(done.stdlib);
         let text = serde_json::to_string_pretty(sources).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("sources.json"), text + "\n")
     }
@@ -221,6 +218,80 @@ impl ImportView {
         let Some((dir, _)) = path.rsplit_once("/__pycache__/") else { return false };
         sources.dirs.contains_key(dir) && path.ends_with(".pyc")
     }
+}
+
+/// Disk work of the recording's import view, done on a thread of its own so that the import
+/// that read a source goes on at once: writing the copies (a Flask import copies ~100 files)
+/// and hashing the stdlib sources.
+#[derive(Default)]
+pub struct DiskWork {
+    jobs: Option<std::sync::mpsc::Sender<DiskJob>>,
+    worker: Option<std::thread::JoinHandle<DiskDone>>,
+    stdlib_seen: std::collections::HashSet<String>,
+}
+
+enum DiskJob {
+    Copy { original: String, target: PathBuf, bytes: Vec<u8> },
+    HashStdlib { path: String, relative: String },
+}
+
+#[derive(Default)]
+struct DiskDone {
+    /// Sources whose copy could not be written: a replay will need them in place.
+    failed: Vec<String>,
+    stdlib: Vec<(String, String)>,
+}
+
+impl DiskWork {
+    fn send(&mut self, job: DiskJob) {
+        if self.jobs.is_none() {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new().name("retrace-sources".into()).spawn(move || run_disk_jobs(receiver));
+            match spawned {
+                Ok(worker) => {
+                    self.jobs = Some(sender);
+                    self.worker = Some(worker);
+                }
+                Err(e) => {
+                    eprintln!("retrace: warning: cannot start the thread that copies sources ({e}); a replay will need them in place");
+                    return;
+                }
+            }
+        }
+        if let Some(jobs) = &self.jobs {
+            // The worker only stops when `jobs` is dropped, so this cannot fail.
+            let _ = jobs.send(job);
+        }
+    }
+
+    /// Waits for the work sent so far.
+    fn finish(&mut self) -> DiskDone {
+        self.jobs = None;
+        self.worker.take().and_then(|worker| worker.join().ok()).unwrap_or_default()
+    }
+}
+
+fn run_disk_jobs(jobs: std::sync::mpsc::Receiver<DiskJob>) -> DiskDone {
+    let mut done = DiskDone::default();
+    for job in jobs {
+        match job {
+            DiskJob::Copy { original, target, bytes } => {
+                let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
+                if let Err(e) = written {
+                    if done.failed.is_empty() {
+                        eprintln!("retrace: warning: cannot copy {original} into the recording ({e}); a replay will need it in place");
+                    }
+                    done.failed.push(original);
+                }
+            }
+            DiskJob::HashStdlib { path, relative } => {
+                if let Ok(bytes) = std::fs::read(&path) {
+                    done.stdlib.push((relative, hash_hex(&bytes)));
+                }
+            }
+        }
+    }
+    done
 }
 
 /// Runs `f` on the session's import view, if there is one.
