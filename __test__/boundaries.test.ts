@@ -248,6 +248,32 @@ test("injected variables and paths are invisible to the program and its children
   t.is(r.record.stdout, "[]\n[]\n1 ['MainThread']\n[]\n");
 });
 
+test("a source too big for the disk is not copied, said once, and a replay reads it in place", async (t) => {
+  const dir = await makeTempDir("full-copy");
+  const mount = join(dir, "small");
+  await runProcess("mkdir", ["-p", mount]);
+  const mounted = await runProcess("mount", ["-t", "tmpfs", "-o", "size=96k", "tmpfs", mount]);
+  t.is(mounted.code, 0, `this test needs root to mount a small tmpfs: ${mounted.stderr}`);
+  try {
+    // ~200 KB of source: more than the whole recording's disk.
+    await writeFile(join(dir, "bigmod.py"), `TABLE = ${JSON.stringify(Array.from({ length: 20000 }, (_, i) => i))}\n`);
+    await writeFile(join(dir, "main.py"), "import time, bigmod\nprint(len(bigmod.TABLE), time.time() > 0)\n");
+    const recording = join(mount, "rec");
+    const r = await runCli(["record", "-o", recording, "--", PYTHON, "main.py"], { cwd: dir });
+    t.is(r.code, 0, r.stderr);
+    t.is(r.stdout, "20000 True\n");
+    const warnings = r.stderr.split("\n").filter((l) => l.startsWith("retrace: warning: cannot copy"));
+    t.is(warnings.length, 1, r.stderr);
+    t.regex(warnings[0] ?? "", /bigmod\.py into the recording \(.*No space left on device.*\); a replay will need it in place$/);
+    t.false(existsSync(join(recording, "run", dir, "bigmod.py")), "a partial copy was left");
+    const replay = await runCli(["replay", recording], { cwd: dir });
+    t.is(replay.stdout, r.stdout, replay.stderr);
+    t.is(replay.code, 0);
+  } finally {
+    await runProcess("umount", [mount]);
+  }
+});
+
 test("a full disk stops the recording, not the program", async (t) => {
   const dir = await makeTempDir("full");
   const mount = join(dir, "small");

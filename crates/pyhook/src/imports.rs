@@ -278,6 +278,9 @@ fn run_disk_jobs(jobs: std::sync::mpsc::Receiver<DiskJob>) -> DiskDone {
             DiskJob::Copy { original, target, bytes } => {
                 let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
                 if let Err(e) = written {
+                    // No partial copy is left: a replay takes a copy in run/ as the recorded
+                    // bytes (the main script's is checked before sources.json is read).
+                    let _ = std::fs::remove_file(&target);
                     if done.failed.is_empty() {
                         eprintln!("retrace: warning: cannot copy {original} into the recording ({e}); a replay will need it in place");
                     }
