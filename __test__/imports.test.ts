@@ -7,7 +7,7 @@
 import test from "ava";
 import { existsSync } from "node:fs";
 import { cp, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { makeTempDir, programStderr, PYTHON, recordAndReplay, replayOffline, ROOT, runCli, runProcess, venvPython, writeProgram } from "./helpers.js";
 
 
@@ -129,6 +129,25 @@ test("the main script gone or edited: the replay runs its recorded copy, under i
   t.is(alone.stdout, record.stdout);
   t.is(alone.stderr, note("is gone") + programStderr(record));
   t.is(alone.code, 1);
+});
+
+test("a program replays on a machine without its project: the recorded working directory and the script are gone", async (t) => {
+  const project = await makeTempDir("project-gone");
+  await writeProgram(project, "app.py", `
+    import os, sys
+    import settings
+    print(__file__, sys.argv, os.getcwd(), settings.NAME, len(os.urandom(4)))
+  `);
+  await writeProgram(project, "settings.py", "NAME = 'shop'\n");
+  const recording = join(await makeTempDir("project-gone-rec"), "rec");
+  const record = await runCli(["record", "-o", recording, "--", "python3", "app.py", "x"], { cwd: project });
+  t.is(record.code, 0, record.stderr);
+  t.is(record.stdout, `${join(project, "app.py")} ['app.py', 'x'] ${project} shop 4\n`);
+  await rm(project, { recursive: true });
+  const replay = await replayOffline(recording, dirname(recording));
+  t.is(replay.stdout, record.stdout);
+  t.is(replay.stderr, `retrace: ${join(project, "app.py")} is gone; the replay runs its recorded copy\n`);
+  t.is(replay.code, 0);
 });
 
 test("the stdlib sources a program ran are hashed, and a replaying interpreter whose stdlib differs is named in a warning", async (t) => {

@@ -164,6 +164,17 @@ def _run_copy_if_script_changed(settings, boot_dir):
     script = _main_script_path()
     if script is None:
         return
+    if not os.path.isabs(sys.argv[0]) and not os.path.exists(script):
+        # A relative script, and the recorded working directory is gone (the replay then runs
+        # in the recording's directory): the script's recorded path is under the recorded one.
+        # The interpreter cannot run it from here anyway, so reading meta.json costs nothing.
+        import json
+
+        try:
+            with open(os.path.join(directory, "meta.json"), encoding="utf-8") as f:
+                script = os.path.normpath(os.path.join(json.load(f)["cwd"], sys.argv[0]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
     try:
         # Where the recording copies a source (`imports.rs`): run/ + its absolute path.
         with open(os.path.join(directory, "run" + script), "rb") as f:
