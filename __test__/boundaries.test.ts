@@ -3,7 +3,7 @@
  * issue. Each replay must print the same stdout, raise the same exception and exit with
  * the same status as its recording, with its inputs gone.
  */
-import test from "ava";
+import test, { type ExecutionContext } from "ava";
 import { existsSync } from "node:fs";
 import { readFile, rename, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -248,13 +248,22 @@ test("injected variables and paths are invisible to the program and its children
   t.is(r.record.stdout, "[]\n[]\n1 ['MainThread']\n[]\n");
 });
 
-test("a source too big for the disk is not copied, said once, and a replay reads it in place", async (t) => {
-  const dir = await makeTempDir("full-copy");
+/** Runs `body` with a tmpfs of `size` mounted at `dir`/small (root only), unmounted after. */
+async function withSmallDisk(t: ExecutionContext, dir: string, size: string, body: (mount: string) => Promise<void>): Promise<void> {
   const mount = join(dir, "small");
   await runProcess("mkdir", ["-p", mount]);
-  const mounted = await runProcess("mount", ["-t", "tmpfs", "-o", "size=96k", "tmpfs", mount]);
+  const mounted = await runProcess("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", mount]);
   t.is(mounted.code, 0, `this test needs root to mount a small tmpfs: ${mounted.stderr}`);
   try {
+    await body(mount);
+  } finally {
+    await runProcess("umount", [mount]);
+  }
+}
+
+test("a source too big for the disk is not copied, said once, and a replay reads it in place", async (t) => {
+  const dir = await makeTempDir("full-copy");
+  await withSmallDisk(t, dir, "96k", async (mount) => {
     // ~200 KB of source: more than the whole recording's disk.
     await writeFile(join(dir, "bigmod.py"), `TABLE = ${JSON.stringify(Array.from({ length: 20000 }, (_, i) => i))}\n`);
     await writeFile(join(dir, "main.py"), "import time, bigmod\nprint(len(bigmod.TABLE), time.time() > 0)\n");
@@ -269,24 +278,16 @@ test("a source too big for the disk is not copied, said once, and a replay reads
     const replay = await runCli(["replay", recording], { cwd: dir });
     t.is(replay.stdout, r.stdout, replay.stderr);
     t.is(replay.code, 0);
-  } finally {
-    await runProcess("umount", [mount]);
-  }
+  });
 });
 
 test("a full disk stops the recording, not the program", async (t) => {
   const dir = await makeTempDir("full");
-  const mount = join(dir, "small");
-  await runProcess("mkdir", ["-p", mount]);
-  const mounted = await runProcess("mount", ["-t", "tmpfs", "-o", "size=64k", "tmpfs", mount]);
-  t.is(mounted.code, 0, `this test needs root to mount a small tmpfs: ${mounted.stderr}`);
-  try {
+  await withSmallDisk(t, dir, "64k", async (mount) => {
     await writeFile(join(dir, "big.py"), "import os\nn = sum(len(os.urandom(1000)) for _ in range(3000))\nprint('done', n)\n");
     const r = await runCli(["record", "-o", join(mount, "rec"), "--", PYTHON, "big.py"], { cwd: dir });
     t.is(r.code, 0, r.stderr);
     t.is(r.stdout, "done 3000000\n");
     t.regex(r.stderr, /retrace: recording stopped: .*No space left on device.*the program goes on unrecorded/);
-  } finally {
-    await runProcess("umount", [mount]);
-  }
+  });
 });

@@ -67,9 +67,8 @@ def start(pyhook, mode, directory, hashseed=None, chaos=False):
                 "cache_tag": sys.implementation.cache_tag or "",
                 "pid": os.getpid(),
                 "hash_seed": hashseed,
-                # What the import view leaves to the interpreter: the stdlib and us.
-                "import_skip": [os.path.dirname(os.__file__) + os.sep, os.path.dirname(__file__) + os.sep],
-                # Where the stdlib sources are, hashed rather than copied.
+                # What the import view leaves out: us. The stdlib's sources are hashed, not copied.
+                "import_skip": [os.path.dirname(__file__) + os.sep],
                 "stdlib_dir": os.path.dirname(os.__file__) + os.sep,
                 "preloaded_sources": sorted({m.__file__ for m in list(sys.modules.values())
                                              if isinstance(getattr(m, "__file__", None), str) and m.__file__.endswith(".py")}),
@@ -193,8 +192,7 @@ def _run_copy_if_script_changed(settings, boot_dir):
     argv = list(getattr(sys, "orig_argv", None) or [])
     options = argv[1:len(argv) - len(sys.argv)] if len(argv) > len(sys.argv) else []
     env = dict(os.environ)
-    env["__RETRACE_RUN_COPY"] = json.dumps({"dir": directory, "pythonpath": env.get("PYTHONPATH"),
-                                            "hashseed_injected": settings["hashseed_injected"]})
+    env["__RETRACE_RUN_COPY"] = json.dumps({"dir": directory, "pythonpath": env.get("PYTHONPATH")})
     package_parent = os.path.dirname(os.path.dirname(boot_dir))
     env["PYTHONPATH"] = package_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONHASHSEED"] = str(settings["hashseed"])

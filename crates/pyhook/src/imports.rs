@@ -67,15 +67,29 @@ fn hash_hex(bytes: &[u8]) -> String {
     format!("{:032x}", xxh3_128(bytes))
 }
 
-/// Whether the import system's view of `path` is kept: not under a `skip` directory (our
-/// package, wherever it is installed), and not in the stdlib unless in a `site-packages`
-/// under it (a system Python's).
-fn kept(skip: &[String], stdlib_dir: &str, path: &str) -> bool {
+/// What the recording does with the import system's view of a path.
+#[derive(Debug, PartialEq, Eq)]
+enum Place<'p> {
+    /// Kept: a source is copied, listings and stats are recorded.
+    Kept,
+    /// In the stdlib (`path` relative to it): a source is hashed, nothing else is kept.
+    Stdlib(&'p str),
+    /// Neither: a relative path, or under a `skip` directory (our package).
+    Left,
+}
+
+/// Where `path` stands: `skip` holds our package's directory (wherever it is installed),
+/// `stdlib_dir` the stdlib's; a `site-packages` under the stdlib (a system Python's) is kept.
+fn place<'p>(skip: &[String], stdlib_dir: &str, path: &'p str) -> Place<'p> {
     let dir_form = format!("{}/", path.trim_end_matches('/'));
+    if !path.starts_with('/') || skip.iter().any(|s| dir_form.starts_with(s.as_str())) {
+        return Place::Left;
+    }
     let in_site_packages = dir_form.contains("/site-packages/") || dir_form.contains("/dist-packages/");
-    path.starts_with('/')
-        && !skip.iter().any(|s| s != stdlib_dir && dir_form.starts_with(s.as_str()))
-        && (in_site_packages || !dir_form.starts_with(stdlib_dir))
+    if !in_site_packages && dir_form.starts_with(stdlib_dir) {
+        return Place::Stdlib(path.get(stdlib_dir.len()..).unwrap_or(""));
+    }
+    Place::Kept
 }
 
 impl ImportView {
@@ -134,13 +148,14 @@ impl ImportView {
         if !path.ends_with(".py") || sources.files.contains_key(path) || disk.stdlib_seen.contains(path) {
             return;
         }
-        if !kept(skip, stdlib_dir, path) {
-            let ours = skip.iter().any(|s| s != stdlib_dir && path.starts_with(s.as_str()));
-            if let Some(relative) = path.strip_prefix(stdlib_dir.as_str()).filter(|_| !ours) {
+        match place(skip, stdlib_dir, path) {
+            Place::Kept => {}
+            Place::Stdlib(relative) => {
                 disk.stdlib_seen.insert(path.to_owned());
                 disk.send(DiskJob::HashStdlib { path: path.to_owned(), relative: relative.to_owned() });
+                return;
             }
-            return;
+            Place::Left => return,
         }
         // Read now: the copy holds the bytes the program ran, even if the file changes later.
         let Ok(bytes) = std::fs::read(path) else { return };
@@ -151,7 +166,7 @@ impl ImportView {
 
     pub fn note_listing(&mut self, path: &str, entries: Vec<String>) {
         if let ImportView::Recording { skip, stdlib_dir, sources, .. } = self {
-            if kept(skip, stdlib_dir, path) {
+            if place(skip, stdlib_dir, path) == Place::Kept {
                 sources.dirs.insert(path.to_owned(), entries);
             }
         }
@@ -159,7 +174,7 @@ impl ImportView {
 
     pub fn note_stat(&mut self, path: &str, stat: Stat) {
         if let ImportView::Recording { skip, stdlib_dir, sources, .. } = self {
-            if kept(skip, stdlib_dir, path) {
+            if place(skip, stdlib_dir, path) == Place::Kept {
                 sources.stats.insert(path.to_owned(), stat);
             }
         }
@@ -478,18 +493,19 @@ pub fn finish() -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{kept, source_of_cache};
+    use super::{place, source_of_cache, Place};
 
     #[test]
-    fn kept_leaves_out_our_package_and_the_stdlib_but_not_its_site_packages() {
+    fn our_package_is_left_out_the_stdlib_hashed_and_its_site_packages_kept() {
         let stdlib = "/usr/lib/python3.11/";
-        let skip = vec![stdlib.to_owned(), "/venv/lib/python3.11/site-packages/retrace/".to_owned()];
-        assert!(kept(&skip, stdlib, "/app/main.py"));
-        assert!(kept(&skip, stdlib, "/venv/lib/python3.11/site-packages/flask/app.py"));
-        assert!(kept(&skip, stdlib, "/usr/lib/python3.11/site-packages/six.py"));
-        assert!(!kept(&skip, stdlib, "/usr/lib/python3.11/json/__init__.py"));
-        assert!(!kept(&skip, stdlib, "/venv/lib/python3.11/site-packages/retrace/_boot/sitecustomize.py"));
-        assert!(!kept(&skip, stdlib, "relative.py"));
+        let skip = vec!["/venv/lib/python3.11/site-packages/retrace/".to_owned()];
+        assert_eq!(place(&skip, stdlib, "/app/main.py"), Place::Kept);
+        assert_eq!(place(&skip, stdlib, "/venv/lib/python3.11/site-packages/flask/app.py"), Place::Kept);
+        assert_eq!(place(&skip, stdlib, "/usr/lib/python3.11/site-packages/six.py"), Place::Kept);
+        assert_eq!(place(&skip, stdlib, "/usr/lib/python3.11/json/__init__.py"), Place::Stdlib("json/__init__.py"));
+        assert_eq!(place(&skip, stdlib, "/usr/lib/python3.11"), Place::Stdlib(""));
+        assert_eq!(place(&skip, stdlib, "/venv/lib/python3.11/site-packages/retrace/_boot/sitecustomize.py"), Place::Left);
+        assert_eq!(place(&skip, stdlib, "relative.py"), Place::Left);
     }
 
     #[test]

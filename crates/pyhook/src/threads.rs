@@ -220,8 +220,9 @@ unsafe extern "C-unwind" fn thread_entry(slf: *mut ffi::PyObject, args: *mut ffi
     }
 }
 
-/// At replay, a thread whose function returned with recorded events left diverges (their
-/// turns would otherwise stop every other thread).
+/// Marks the thread's function as returned (see [`FUNCTION_RETURNED`]); at replay, a thread
+/// whose function returned with recorded events left diverges (their turns would otherwise
+/// stop every other thread).
 ///
 /// Kept out of [`thread_entry`], whose frame must hold nothing to drop: CPython's
 /// `pthread_exit` of a daemon thread unwinds through it, and a cleanup pad there aborts.
