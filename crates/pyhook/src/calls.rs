@@ -298,6 +298,11 @@ impl RawCall {
     /// A cheap, deterministic digest of the arguments (not of `self`), used to notice a
     /// replay that calls the same function with other arguments.
     pub fn digest(&self) -> u32 {
+        // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
+        // arguments alive.
+        if let Some(digest) = unsafe { self.scalar_digest() } {
+            return digest;
+        }
         let mut hasher = Xxh3Default::new();
         // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
         // arguments alive; for keywords, as in `keyword`.
@@ -324,6 +329,38 @@ impl RawCall {
             }
         }
         hasher.digest() as u32
+    }
+}
+
+impl RawCall {
+    /// The digest of a call with no keywords and a few scalar positionals (`os.urandom(16)`,
+    /// `os.read(fd, n)`, `time.sleep(x)`, no arguments at all), hashed in one go from a stack
+    /// buffer. The bytes are those the streaming hasher would get, so the digest is the same;
+    /// the streaming hasher's set-up and finish are most of a small digest's cost.
+    ///
+    /// # Safety
+    /// The GIL is held and the arguments are alive.
+    unsafe fn scalar_digest(&self) -> Option<u32> {
+        const MAX_ARGS: usize = 4;
+        let has_keywords = match *self {
+            RawCall::FastKw { kwnames, .. } | RawCall::MethodFastKw { kwnames, .. } => !kwnames.is_null(),
+            RawCall::VarArgsKw { kwargs, .. } => !kwargs.is_null(),
+            _ => false,
+        };
+        let args = self.positional();
+        if has_keywords || args.len() > MAX_ARGS {
+            return None;
+        }
+        let mut buffer = [0u8; MAX_ARGS * crate::codec::SCALAR_DIGEST_MAX];
+        let mut len = 0;
+        for &arg in args {
+            let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
+            // SAFETY: per this function's contract.
+            let n = unsafe { crate::codec::scalar_digest_bytes(arg, &mut scalar) }?;
+            buffer[len..len + n].copy_from_slice(&scalar[..n]);
+            len += n;
+        }
+        Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }
 }
 
@@ -383,4 +420,21 @@ unsafe fn raw_slice<'a>(
     }
     // SAFETY: per the caller's guarantee.
     unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+}
+
+#[cfg(test)]
+mod tests {
+    use xxhash_rust::xxh3::{xxh3_64, Xxh3Default};
+
+    /// The one-shot digest of scalar arguments relies on xxh3's streaming and one-shot forms
+    /// agreeing on the same bytes, however they are split.
+    #[test]
+    fn streaming_and_one_shot_digests_agree() {
+        let pieces: [&[u8]; 4] = [b"i", &16i64.to_le_bytes(), b"N", b"f\x00\x00\x00\x00\x00\x00\xf0\x3f"];
+        for count in 0..=pieces.len() {
+            let mut hasher = Xxh3Default::new();
+            pieces[..count].iter().for_each(|piece| hasher.update(piece));
+            assert_eq!(hasher.digest(), xxh3_64(&pieces[..count].concat()));
+        }
+    }
 }

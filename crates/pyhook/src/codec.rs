@@ -42,6 +42,47 @@ pub unsafe fn utf8_of<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
     }
 }
 
+/// The most bytes [`scalar_digest_bytes`] writes.
+pub const SCALAR_DIGEST_MAX: usize = 9;
+
+/// The canonical digest encoding of a scalar (None, a bool, an int within i64, a float),
+/// written to the start of `out`; its length, or None for any other object. Shared by
+/// [`digest_object`] and the one-shot digest of scalar arguments (`RawCall::digest`), so
+/// both hash the same bytes.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn scalar_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8; SCALAR_DIGEST_MAX]) -> Option<usize> {
+    // SAFETY: type checks and reads of exact builtin objects; no Python code runs.
+    unsafe {
+        if obj == ffi::Py_None() {
+            out[0] = b'N';
+            Some(1)
+        } else if ffi::PyBool_Check(obj) != 0 {
+            out[0] = if obj == ffi::Py_True() { b'T' } else { b'F' };
+            Some(1)
+        } else if ffi::PyLong_CheckExact(obj) != 0 {
+            let mut overflow = 0;
+            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+            if v == -1 {
+                ffi::PyErr_Clear();
+            }
+            if overflow != 0 {
+                return None;
+            }
+            out[0] = b'i';
+            out[1..].copy_from_slice(&v.to_le_bytes());
+            Some(9)
+        } else if ffi::PyFloat_CheckExact(obj) != 0 {
+            out[0] = b'f';
+            out[1..].copy_from_slice(&ffi::PyFloat_AS_DOUBLE(obj).to_bits().to_le_bytes());
+            Some(9)
+        } else {
+            None
+        }
+    }
+}
+
 /// Feeds a canonical encoding of `obj` into the digest. Unknown types contribute their
 /// type name only: their contents may not be stable between runs (addresses).
 ///
@@ -54,25 +95,12 @@ pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, d
             hasher.update(b"?");
             return;
         }
-        if obj == ffi::Py_None() {
-            hasher.update(b"N");
-        } else if ffi::PyBool_Check(obj) != 0 {
-            hasher.update(if obj == ffi::Py_True() { b"T" } else { b"F" });
+        let mut scalar = [0u8; SCALAR_DIGEST_MAX];
+        if let Some(len) = scalar_digest_bytes(obj, &mut scalar) {
+            hasher.update(&scalar[..len]);
         } else if ffi::PyLong_CheckExact(obj) != 0 {
-            let mut overflow = 0;
-            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
-            hasher.update(b"i");
-            if overflow == 0 {
-                hasher.update(&v.to_le_bytes());
-            } else {
-                hasher.update(b"big");
-            }
-            if v == -1 {
-                ffi::PyErr_Clear();
-            }
-        } else if ffi::PyFloat_CheckExact(obj) != 0 {
-            hasher.update(b"f");
-            hasher.update(&ffi::PyFloat_AS_DOUBLE(obj).to_bits().to_le_bytes());
+            // Past i64 (the ints that fit are scalars above).
+            hasher.update(b"ibig");
         } else if ffi::PyUnicode_CheckExact(obj) != 0 {
             hasher.update(b"s");
             match utf8_of(obj) {
@@ -109,10 +137,12 @@ pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, d
 /// # Safety
 /// `obj` must be an exact bytes object.
 unsafe fn bytes_of<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
-    // SAFETY: bytes objects store their data inline for their lifetime.
+    // SAFETY: an exact bytes object stores `ob_size` bytes inline in `ob_sval` for its
+    // lifetime (read directly: the checked accessors are two calls per intercepted call).
     unsafe {
-        let len = ffi::PyBytes_Size(obj);
-        std::slice::from_raw_parts(ffi::PyBytes_AsString(obj) as *const u8, len as usize)
+        let bytes = obj as *mut ffi::PyBytesObject;
+        let len = ffi::Py_SIZE(obj);
+        std::slice::from_raw_parts((*bytes).ob_sval.as_ptr() as *const u8, len as usize)
     }
 }
 

@@ -164,7 +164,7 @@ pub unsafe fn active_thread() -> Option<u32> {
     STATE
         .with(py, |s| {
             let thread = s.threads.current();
-            (!s.threads.gate_open()).then_some(thread)
+            (!s.threads.gate_open_for(thread)).then_some(thread)
         })
         .flatten()
 }

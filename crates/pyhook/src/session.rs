@@ -117,8 +117,13 @@ impl Threads {
 
     /// True when the calling thread's calls pass through untouched.
     pub fn gate_open(&mut self) -> bool {
-        let t = self.current() as usize;
-        self.gates[t] > 0
+        let t = self.current();
+        self.gate_open_for(t)
+    }
+
+    /// [`Threads::gate_open`] for a caller that has the calling thread's index.
+    pub fn gate_open_for(&self, thread: u32) -> bool {
+        self.gates[thread as usize] > 0
     }
 
     pub fn enter_gate(&mut self) {

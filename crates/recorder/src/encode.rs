@@ -6,6 +6,13 @@
 //! fill mark does not reallocate either) or a fn id is seen for the first time (its delta
 //! slot table grows), and it never fails: it only appends bytes.
 //!
+//! A chunk has two sections: the events (ops, fixed fields, value tags and lengths) and,
+//! after them, the contents of str and bytes values, in the order the events refer to them.
+//! zstd's matcher then meets the repetitive event structure in one run and the payload
+//! bytes in another: random bytes interleaved with short repeats cost it a match attempt
+//! at every byte (~750 writer-thread instructions per `os.urandom(16)` event at level 1),
+//! while a run of them lets it skip ahead (~100).
+//!
 //! The encoder writes an event's op and fixed fields; the caller then writes the values the
 //! op calls for (see each method) with the value methods. The encoder does not check that
 //! the caller writes the right number of values: the reader does.
@@ -18,6 +25,10 @@ use crate::wire::*;
 /// Extra capacity a chunk buffer gets beyond the chunk capacity, so the event that makes a
 /// chunk full usually fits without a reallocation.
 pub const CHUNK_SLACK: usize = 4096;
+
+/// The payload buffer is shrunk back after a chunk when one value grew it past this many
+/// times its normal size.
+const PAYLOAD_KEEP_LIMIT: usize = 4;
 
 /// The per-fn delta slot: the last top-level delta-encoded result of the fn in this chunk.
 /// A slot whose generation is not the encoder's current one is stale and reads as 0, which
@@ -40,7 +51,11 @@ enum DigestExpectation {
 
 #[derive(Debug)]
 pub struct ChunkEncoder {
+    /// The chunk header and the events.
     buf: Vec<u8>,
+    /// The contents of the chunk's str and bytes values; appended to `buf`, with its length,
+    /// when the chunk is taken.
+    payload: Vec<u8>,
     /// `is_full` threshold.
     chunk_capacity: usize,
     /// The chunk header has been written for the current chunk.
@@ -60,6 +75,7 @@ impl ChunkEncoder {
     pub fn new(chunk_capacity: usize) -> Self {
         ChunkEncoder {
             buf: Vec::with_capacity(chunk_capacity + CHUNK_SLACK),
+            payload: Vec::with_capacity(chunk_capacity + CHUNK_SLACK),
             chunk_capacity,
             chunk_open: false,
             events_written: 0,
@@ -74,7 +90,7 @@ impl ChunkEncoder {
     /// The chunk has reached its capacity and should be taken and submitted.
     #[inline]
     pub fn is_full(&self) -> bool {
-        self.buf.len() >= self.chunk_capacity
+        self.buf.len() + self.payload.len() >= self.chunk_capacity
     }
 
     /// No event has been written since the last `take_chunk`.
@@ -94,11 +110,23 @@ impl ChunkEncoder {
         self.current_thread
     }
 
-    /// Takes the finished chunk bytes out and continues with `replacement` (cleared first) as
-    /// the buffer. Resets the per-chunk state (delta slots); the next event starts a new
-    /// chunk header, which carries the current thread over.
+    /// Takes the finished chunk bytes out (events, payload, payload length as u32 LE) and
+    /// continues with `replacement` (cleared first) as the buffer. Resets the per-chunk
+    /// state (delta slots); the next event starts a new chunk header, which carries the
+    /// current thread over.
     pub fn take_chunk(&mut self, mut replacement: Vec<u8>) -> Vec<u8> {
         replacement.clear();
+        if self.chunk_open {
+            // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
+            let payload_len = u32::try_from(self.payload.len()).unwrap_or(u32::MAX);
+            self.buf.extend_from_slice(&self.payload);
+            self.buf.extend_from_slice(&payload_len.to_le_bytes());
+        }
+        self.payload.clear();
+        if self.payload.capacity() > PAYLOAD_KEEP_LIMIT * (self.chunk_capacity + CHUNK_SLACK) {
+            // One huge value grew it: give the memory back rather than pin it.
+            self.payload.shrink_to(self.chunk_capacity + CHUNK_SLACK);
+        }
         let chunk = std::mem::replace(&mut self.buf, replacement);
         self.chunk_open = false;
         self.generation = self.generation.wrapping_add(1);
@@ -126,10 +154,18 @@ impl ChunkEncoder {
         self.events_written += 1;
     }
 
+    /// A name in the events section: varint length, then the bytes.
     #[inline]
     fn raw_str(&mut self, bytes: &[u8]) {
         write_varint(&mut self.buf, bytes.len() as u64);
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// A value's contents: varint length in the events section, the bytes in the payload.
+    #[inline]
+    fn payload_str(&mut self, bytes: &[u8]) {
+        write_varint(&mut self.buf, bytes.len() as u64);
+        self.payload.extend_from_slice(bytes);
     }
 
     #[inline]
@@ -323,19 +359,19 @@ impl ChunkEncoder {
     #[inline]
     pub fn str(&mut self, v: &str) {
         self.buf.push(TAG_STR);
-        self.raw_str(v.as_bytes());
+        self.payload_str(v.as_bytes());
     }
 
     /// A str with lone surrogates, as UTF-8 with the surrogates passed through.
     pub fn str_surrogates(&mut self, wtf8: &[u8]) {
         self.buf.push(TAG_STR_SURROGATES);
-        self.raw_str(wtf8);
+        self.payload_str(wtf8);
     }
 
     #[inline]
     pub fn bytes(&mut self, v: &[u8]) {
         self.buf.push(TAG_BYTES);
-        self.raw_str(v);
+        self.payload_str(v);
     }
 
     /// Followed by `len` values.
@@ -427,7 +463,8 @@ mod tests {
         assert_eq!(read_varint(&chunk, &mut pos), Ok(0)); // first event index
         read_varint(&chunk, &mut pos).unwrap(); // elapsed
         assert_eq!(read_varint(&chunk, &mut pos), Ok(0)); // thread at chunk start
-        assert_eq!(&chunk[pos..], &[OP_THREAD, 3, OP_END]);
+        // Events, then an empty payload and its length.
+        assert_eq!(&chunk[pos..], &[OP_THREAD, 3, OP_END, 0, 0, 0, 0]);
 
         enc.end();
         let chunk = enc.take_chunk(Vec::new());
@@ -435,7 +472,30 @@ mod tests {
         assert_eq!(read_varint(&chunk, &mut pos), Ok(2));
         read_varint(&chunk, &mut pos).unwrap();
         assert_eq!(read_varint(&chunk, &mut pos), Ok(3)); // thread carried over
-        assert_eq!(&chunk[pos..], &[OP_END]);
+        assert_eq!(&chunk[pos..], &[OP_END, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn value_contents_follow_the_events() {
+        let mut enc = ChunkEncoder::new(1024);
+        enc.call(0, None);
+        enc.bytes(b"abc");
+        enc.call(0, None);
+        enc.str("de");
+        enc.raise(0, None, "E");
+        let chunk = enc.take_chunk(Vec::new());
+        let mut pos = 0;
+        for _ in 0..3 {
+            read_varint(&chunk, &mut pos).unwrap();
+        }
+        assert_eq!(
+            &chunk[pos..],
+            &[
+                OP_CALL, 0, TAG_BYTES, 3, OP_CALL, 0, TAG_STR, 2, OP_RAISE, 0, 1, b'E', // events
+                b'a', b'b', b'c', b'd', b'e', // payload: value contents only, in order
+                5, 0, 0, 0, // payload length
+            ]
+        );
     }
 
     #[test]
@@ -459,9 +519,13 @@ mod tests {
             OP_CALL,
             0,
             TAG_INT_DELTA,
-            6
+            6,
+            0,
+            0,
+            0,
+            0
         ]));
-        assert!(second.ends_with(&[OP_CALL, 0, TAG_INT_DELTA, 208, 1]));
+        assert!(second.ends_with(&[OP_CALL, 0, TAG_INT_DELTA, 208, 1, 0, 0, 0, 0]));
     }
 
     #[test]

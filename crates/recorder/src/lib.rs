@@ -20,7 +20,7 @@ pub mod wire;
 pub mod writer;
 
 /// The trace format version this crate writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 
 pub use encode::ChunkEncoder;
 pub use event::{Event, EventRecord, FnDef, ProcessKind, RecordedError, Value};

@@ -177,6 +177,8 @@ impl TraceReader {
             reader: self,
             chunk: Vec::new(),
             chunk_pos: 0,
+            events_end: 0,
+            payload_pos: 0,
             chunk_offset: 0,
             chunk_elapsed_ns: 0,
             thread: 0,
@@ -258,7 +260,12 @@ pub struct Events<'r> {
     next_frame: u64,
     /// The current chunk, decompressed; the buffer is reused from chunk to chunk.
     chunk: Vec<u8>,
+    /// Where the next event starts, and where the events section ends (the payload
+    /// section of value contents follows it).
     chunk_pos: usize,
+    events_end: usize,
+    /// Where the next value's contents start in the chunk's payload section.
+    payload_pos: usize,
     chunk_offset: u64,
     chunk_elapsed_ns: u64,
     thread: u32,
@@ -408,9 +415,23 @@ impl Events<'_> {
         self.next_frame = offset + frame_len as u64;
 
         let bad = |message: String| (offset, TraceErrorKind::BadEvent(message));
+        // The chunk ends with its payload section and that section's length (u32 LE).
+        let payload_len_at = self
+            .chunk
+            .len()
+            .checked_sub(4)
+            .ok_or_else(|| bad("the chunk is too short to hold its payload length".to_owned()))?;
+        let payload_len = read_u32_le(&self.chunk, payload_len_at) as usize;
+        let events_end = payload_len_at.checked_sub(payload_len).ok_or_else(|| {
+            bad(format!(
+                "the chunk's payload length {payload_len} runs past its start"
+            ))
+        })?;
         let mut cursor = Cursor {
-            bytes: &self.chunk,
+            bytes: &self.chunk[..events_end],
             pos: 0,
+            payload: &[],
+            payload_pos: 0,
         };
         let first_event = cursor.varint().map_err(bad)?;
         let elapsed_ns = cursor.varint().map_err(bad)?;
@@ -422,6 +443,8 @@ impl Events<'_> {
             )));
         }
         self.chunk_pos = cursor.pos;
+        self.events_end = events_end;
+        self.payload_pos = events_end;
         self.chunk_offset = offset;
         self.chunk_elapsed_ns = elapsed_ns;
         self.thread = thread;
@@ -443,9 +466,13 @@ impl Events<'_> {
         let index = self.next_index;
         let chunk_offset = self.chunk_offset;
         let start = self.chunk_pos;
+        let (events, payload) = self.chunk.split_at(self.events_end);
+        let payload = &payload[..payload.len() - 4];
         let mut cursor = Cursor {
-            bytes: &self.chunk,
+            bytes: events,
             pos: start,
+            payload,
+            payload_pos: self.payload_pos - self.events_end,
         };
         let event = decode_event_body(&mut cursor, self.reader).map_err(|message| {
             (
@@ -454,6 +481,7 @@ impl Events<'_> {
             )
         })?;
         self.chunk_pos = cursor.pos;
+        self.payload_pos = self.events_end + cursor.payload_pos;
         if let Event::Thread { thread } = event {
             self.thread = thread;
         }
@@ -475,7 +503,17 @@ impl Iterator for Events<'_> {
         if self.done {
             return None;
         }
-        while self.chunk_pos >= self.chunk.len() {
+        while self.chunk_pos >= self.events_end {
+            let unused_payload = (self.chunk.len().saturating_sub(4)).saturating_sub(self.payload_pos);
+            if unused_payload > 0 {
+                let failure = (
+                    self.chunk_offset,
+                    TraceErrorKind::BadEvent(format!(
+                        "{unused_payload} payload bytes at the chunk's end belong to no event"
+                    )),
+                );
+                return Some(Err(self.fail(failure)));
+            }
             match self.load_next_chunk() {
                 Ok(true) => {}
                 Ok(false) => {
@@ -702,8 +740,8 @@ fn decode_tagged(cursor: &mut Cursor<'_>, tag: u8, depth: usize) -> Result<Value
                 "delta value (tag {tag:#04x}) outside the top-level result of a CALL"
             ))
         }
-        TAG_STR => Value::Str(cursor.str()?),
-        TAG_BYTES => Value::Bytes(cursor.byte_string()?.to_vec()),
+        TAG_STR => Value::Str(cursor.payload_str()?),
+        TAG_BYTES => Value::Bytes(cursor.payload_bytes()?.to_vec()),
         TAG_TUPLE | TAG_LIST => {
             if depth >= MAX_VALUE_DEPTH {
                 return Err(format!("values nested deeper than {MAX_VALUE_DEPTH}"));
@@ -734,7 +772,7 @@ fn decode_tagged(cursor: &mut Cursor<'_>, tag: u8, depth: usize) -> Result<Value
             Value::Dict(pairs)
         }
         TAG_HANDLE => Value::Handle(cursor.u32_varint()?),
-        TAG_STR_SURROGATES => Value::StrSurrogates(cursor.byte_string()?.to_vec()),
+        TAG_STR_SURROGATES => Value::StrSurrogates(cursor.payload_bytes()?.to_vec()),
         TAG_REDACTED => Value::Redacted(cursor.varint()?),
         TAG_OBJECT => {
             if depth >= MAX_VALUE_DEPTH {
@@ -754,8 +792,12 @@ fn clamp_count(count: u64, limit: usize) -> usize {
 
 /// Bounds-checked reads from a decompressed chunk; errors are `BadEvent` messages.
 struct Cursor<'a> {
+    /// The events section.
     bytes: &'a [u8],
     pos: usize,
+    /// The payload section: str and bytes values' contents, in the order they are read.
+    payload: &'a [u8],
+    payload_pos: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -815,7 +857,28 @@ impl<'a> Cursor<'a> {
     }
 
     fn str(&mut self) -> Result<String, String> {
-        let bytes = self.byte_string()?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| format!("invalid UTF-8 in a str: {e}"))
+        utf8(self.byte_string()?)
     }
+
+    /// A value's contents: varint length here, the bytes from the payload section.
+    fn payload_bytes(&mut self) -> Result<&'a [u8], String> {
+        let len = self.varint()?;
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > self.payload.len() - self.payload_pos {
+            return Err(format!(
+                "a length of {len} runs past the end of the chunk's payload"
+            ));
+        }
+        let bytes = &self.payload[self.payload_pos..self.payload_pos + len];
+        self.payload_pos += len;
+        Ok(bytes)
+    }
+
+    fn payload_str(&mut self) -> Result<String, String> {
+        utf8(self.payload_bytes()?)
+    }
+}
+
+fn utf8(bytes: &[u8]) -> Result<String, String> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| format!("invalid UTF-8 in a str: {e}"))
 }

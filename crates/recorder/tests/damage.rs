@@ -9,10 +9,10 @@ use common::{record, small_chunk_options};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use retrace_recorder::wire::{
-    write_varint, FN_HAS_DIGEST, OP_CALL, OP_FN_DEF, RECORD_KIND_HEADER, RECORD_MAGIC,
+    write_varint, FN_HAS_DIGEST, OP_CALL, OP_CALLBACK_RETURN, OP_FN_DEF, RECORD_KIND_HEADER, RECORD_MAGIC,
     SKIPPABLE_MAGIC,
 };
-use retrace_recorder::{EventRecord, TraceError, TraceErrorKind, TraceReader, TraceTrailer};
+use retrace_recorder::{EventRecord, TraceError, TraceErrorKind, TraceReader, TraceTrailer, FORMAT_VERSION};
 
 struct Fixture {
     bytes: Vec<u8>,
@@ -80,6 +80,44 @@ fn zstd_frame(payload: &[u8]) -> Vec<u8> {
         .set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))
         .unwrap();
     compressor.compress(payload).unwrap()
+}
+
+/// A chunk frame of `events` with an empty payload section.
+fn chunk_frame(events: &[u8]) -> Vec<u8> {
+    zstd_frame(&[events, &[0, 0, 0, 0]].concat())
+}
+
+#[test]
+fn payload_section_lengths_that_do_not_add_up_are_bad_events() {
+    let json = serde_json::to_vec(&common::sample_header()).unwrap();
+    let header = header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json);
+    let bad_event = |chunk: &[u8]| {
+        let (records, errors) = read_all([header.clone(), zstd_frame(chunk)].concat());
+        match &errors[0].kind {
+            TraceErrorKind::BadEvent(message) => (records.len(), message.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    // A CALLBACK_RETURN of bytes "abc", payload "abc", length 3: fine.
+    let events = [0u8, 0, 0, OP_CALLBACK_RETURN, 0x09, 3];
+    let (records, errors) = read_all([header.clone(), zstd_frame(&[&events[..], b"abc", &[3, 0, 0, 0]].concat())].concat());
+    assert_eq!(errors[0].kind, TraceErrorKind::Truncated, "no trailer");
+    assert_eq!(
+        records[0].event,
+        retrace_recorder::Event::CallbackReturn { result: retrace_recorder::Value::Bytes(b"abc".to_vec()) }
+    );
+    // No room for the length.
+    assert!(bad_event(&[0, 0]).1.contains("too short"));
+    // A length longer than the chunk.
+    assert!(bad_event(&[0, 0, 0, 0x0C, 9, 0, 0, 0]).1.contains("runs past its start"));
+    // A value longer than the payload.
+    let (read, message) = bad_event(&[&events[..], b"ab", &[2, 0, 0, 0]].concat());
+    assert_eq!(read, 0);
+    assert!(message.contains("past the end of the chunk's payload"), "{message}");
+    // Payload bytes no event reads.
+    let (read, message) = bad_event(&[&events[..], b"abcd", &[4, 0, 0, 0]].concat());
+    assert_eq!(read, 1);
+    assert!(message.contains("1 payload bytes"), "{message}");
 }
 
 #[test]
@@ -200,21 +238,21 @@ fn not_a_trace_wrong_version_and_empty_file() {
 
     let json = serde_json::to_vec(&common::sample_header()).unwrap();
     assert_eq!(
-        kind(header_frame(2, RECORD_KIND_HEADER, &json)),
-        Some(TraceErrorKind::UnsupportedVersion(2))
+        kind(header_frame(1, RECORD_KIND_HEADER, &json)),
+        Some(TraceErrorKind::UnsupportedVersion(1))
     );
     assert!(matches!(
-        kind(header_frame(1, RECORD_KIND_HEADER, b"{not json")),
+        kind(header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, b"{not json")),
         Some(TraceErrorKind::CorruptFrame(_))
     ));
-    assert!(TraceReader::from_bytes(header_frame(1, RECORD_KIND_HEADER, &json)).is_ok());
+    assert!(TraceReader::from_bytes(header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json)).is_ok());
 
     let error = TraceReader::from_bytes(header_frame(7, RECORD_KIND_HEADER, &json))
         .err()
         .unwrap();
     assert_eq!(
         error.to_string(),
-        "trace (in memory) has format version 7, but this retrace reads format version 1"
+        "trace (in memory) has format version 7, but this retrace reads format version 2"
     );
 }
 
@@ -247,14 +285,14 @@ fn open_reports_io_errors_and_names_the_file() {
 #[test]
 fn undefined_fn_and_chunk_index_gaps_are_bad_events() {
     let json = serde_json::to_vec(&common::sample_header()).unwrap();
-    let header = header_frame(1, RECORD_KIND_HEADER, &json);
+    let header = header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json);
 
     // A CALL of fn 5, never defined.
     let mut chunk = vec![0, 0, 0, OP_CALL];
     write_varint(&mut chunk, 5);
     chunk.push(0);
     let mut bytes = header.clone();
-    bytes.extend_from_slice(&zstd_frame(&chunk));
+    bytes.extend_from_slice(&chunk_frame(&chunk));
     let (records, errors) = read_all(bytes);
     assert!(records.is_empty());
     assert!(
@@ -266,7 +304,7 @@ fn undefined_fn_and_chunk_index_gaps_are_bad_events() {
 
     // A chunk claiming to start at event 10 when none precede it.
     let mut bytes = header.clone();
-    bytes.extend_from_slice(&zstd_frame(&[10, 0, 0, 0x0C]));
+    bytes.extend_from_slice(&chunk_frame(&[10, 0, 0, 0x0C]));
     let (_, errors) = read_all(bytes);
     assert!(
         matches!(&errors[0].kind, TraceErrorKind::BadEvent(m) if m.contains("starts at event 10"))
@@ -293,7 +331,7 @@ fn undefined_fn_and_chunk_index_gaps_are_bad_events() {
         0x06,
         2,
     ];
-    let (_, errors) = read_all([header.clone(), zstd_frame(&chunk)].concat());
+    let (_, errors) = read_all([header.clone(), chunk_frame(&chunk)].concat());
     assert!(
         matches!(&errors[0].kind, TraceErrorKind::BadEvent(m) if m.contains("delta")),
         "{}",
@@ -301,7 +339,7 @@ fn undefined_fn_and_chunk_index_gaps_are_bad_events() {
     );
     // ... while at top level it is fine (and the digest is read since the fn has one).
     chunk.splice(14..16, []);
-    let (records, errors) = read_all([header, zstd_frame(&chunk)].concat());
+    let (records, errors) = read_all([header, chunk_frame(&chunk)].concat());
     assert_eq!(errors[0].kind, TraceErrorKind::Truncated, "no trailer");
     assert_eq!(records.len(), 2);
     assert_eq!(
@@ -318,7 +356,7 @@ fn undefined_fn_and_chunk_index_gaps_are_bad_events() {
 fn a_chunk_frame_without_checksum_is_corrupt() {
     let json = serde_json::to_vec(&common::sample_header()).unwrap();
     let unchecked = zstd::bulk::compress(&[0, 0, 0, 0x0C], 1).unwrap();
-    let bytes = [header_frame(1, RECORD_KIND_HEADER, &json), unchecked].concat();
+    let bytes = [header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json), unchecked].concat();
     let (records, errors) = read_all(bytes);
     assert!(records.is_empty());
     assert!(
@@ -338,8 +376,8 @@ fn deeply_nested_values_are_refused_not_overflowing_the_stack() {
     chunk.push(0);
     let (_, errors) = read_all(
         [
-            header_frame(1, RECORD_KIND_HEADER, &json),
-            zstd_frame(&chunk),
+            header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json),
+            chunk_frame(&chunk),
         ]
         .concat(),
     );
@@ -359,8 +397,8 @@ fn garbage_chunk_trace(events: &[u8]) -> Vec<u8> {
     }
     chunk.extend_from_slice(events);
     [
-        header_frame(1, RECORD_KIND_HEADER, &json),
-        zstd_frame(&chunk),
+        header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json),
+        chunk_frame(&chunk),
     ]
     .concat()
 }
@@ -413,7 +451,7 @@ proptest! {
     #[test]
     fn arbitrary_frames_after_a_header_never_panic(body in vec(any::<u8>(), 0..300)) {
         let json = serde_json::to_vec(&common::sample_header()).unwrap();
-        let bytes = [header_frame(1, RECORD_KIND_HEADER, &json), body].concat();
+        let bytes = [header_frame(FORMAT_VERSION, RECORD_KIND_HEADER, &json), body].concat();
         let (_, errors) = read_all(bytes);
         prop_assert_eq!(errors.len(), 1);
     }
