@@ -351,6 +351,13 @@ impl RawCall {
         if has_keywords || args.len() > MAX_ARGS {
             return None;
         }
+        if let [arg] = args {
+            // The most common shape (a size, a descriptor, a timeout), without the loop.
+            let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
+            // SAFETY: per this function's contract.
+            let n = unsafe { crate::codec::scalar_digest_bytes(*arg, &mut scalar) }?;
+            return Some(xxhash_rust::xxh3::xxh3_64(&scalar[..n]) as u32);
+        }
         let mut buffer = [0u8; MAX_ARGS * crate::codec::SCALAR_DIGEST_MAX];
         let mut len = 0;
         for &arg in args {

@@ -158,20 +158,30 @@ pub unsafe fn type_name_bytes<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
 ///
 /// # Safety
 /// `obj` must be a live object and the GIL held.
+#[inline]
 pub unsafe fn is_encodable(obj: *mut ffi::PyObject, depth: u32) -> bool {
-    // SAFETY: type checks and item reads only.
+    // SAFETY: type checks only; containers are left to `is_encodable_container`.
     unsafe {
-        if depth > MAX_DEPTH {
-            return false;
-        }
-        if obj == ffi::Py_None()
+        (obj == ffi::Py_None()
             || ffi::PyBool_Check(obj) != 0
             || ffi::PyLong_CheckExact(obj) != 0
             || ffi::PyFloat_CheckExact(obj) != 0
             || ffi::PyUnicode_CheckExact(obj) != 0
-            || ffi::PyBytes_CheckExact(obj) != 0
-        {
-            return true;
+            || ffi::PyBytes_CheckExact(obj) != 0)
+            || is_encodable_container(obj, depth)
+    }
+}
+
+/// [`is_encodable`] for what is not a scalar: out of line, so the common scalar result is
+/// decided without a call.
+///
+/// # Safety
+/// As for [`is_encodable`].
+unsafe fn is_encodable_container(obj: *mut ffi::PyObject, depth: u32) -> bool {
+    // SAFETY: type checks and item reads only.
+    unsafe {
+        if depth > MAX_DEPTH {
+            return false;
         }
         if ffi::PyTuple_CheckExact(obj) != 0 || ffi::PyList_CheckExact(obj) != 0 {
             let n = ffi::PySequence_Fast_GET_SIZE(obj);
