@@ -1,5 +1,5 @@
 /**
- * Test helpers: run the built CLI (`dist/cli.js`), make scratch directories, write Python
+ * Test helpers: run the built CLI (`dist/cli.cjs`), make scratch directories, write Python
  * programs, and record-then-replay a program in one call.
  *
  * Scratch directories live under `<repo>/.retrace-test/tmp/` (git-ignored) and are kept
@@ -28,7 +28,7 @@ export const ROOT: string = (() => {
 })();
 
 /** The CLI under test. */
-export const CLI = join(ROOT, "dist", "cli.js");
+export const CLI = join(ROOT, "dist", "cli.cjs");
 
 /** The Python used by end-to-end tests: `$RETRACE_TEST_PYTHON`, default `python3`. */
 export const PYTHON = process.env["RETRACE_TEST_PYTHON"] ?? "python3";
@@ -86,7 +86,7 @@ export function childEnv(extra: Record<string, string | undefined> = {}): NodeJS
   return env;
 }
 
-/** Runs `node dist/cli.js ...args` and collects its output and exit status. */
+/** Runs `node dist/cli.cjs ...args` and collects its output and exit status. */
 export function runCli(args: string[], opts: RunOptions = {}): Promise<CliResult> {
   return runProcess(process.execPath, [CLI, ...args], opts);
 }

@@ -12,7 +12,7 @@ ms() { local s e; s=$(date +%s%N); "$@" >/dev/null 2>&1 || true; e=$(date +%s%N)
 for _ in 1 2 3 4 5; do
   echo "plain $(ms "$py" "$program" "$n")"
   rm -rf "$scratch/rec"
-  echo "record $(ms node "$root/dist/cli.js" record -o "$scratch/rec" -- "$py" "$program" "$n")"
-  echo "replay $(ms unshare -n node "$root/dist/cli.js" replay "$scratch/rec")"
+  echo "record $(ms node "$root/dist/cli.cjs" record -o "$scratch/rec" -- "$py" "$program" "$n")"
+  echo "replay $(ms unshare -n node "$root/dist/cli.cjs" replay "$scratch/rec")"
 done | sort -k1,1 -k2n | awk '{a[$1]=a[$1]" "$2} END {for (k in a) print k ":" a[k]}'
 du -b "$scratch"/rec/trace/*

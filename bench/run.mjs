@@ -22,7 +22,7 @@ const WORKLOADS = [
   'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
-const cli = join(root, 'dist', 'cli.js');
+const cli = join(root, 'dist', 'cli.cjs');
 const argv = process.argv.slice(2);
 const option = (name, fallback) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : fallback);
 const rounds = Number(option('--rounds', '5'));

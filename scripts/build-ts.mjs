@@ -1,9 +1,13 @@
 #!/usr/bin/env node
 // Builds the TypeScript side into dist/:
 //   1. tsc type-checks everything and writes the API's declarations (dist/*.d.ts);
-//   2. esbuild bundles dist/cli.js (the `retrace` bin) and dist/api.js (the package's
-//      main), with code splitting so the commands that only some runs need (yargs for help
-//      and usage errors, inspect, pack) are separate chunks loaded on demand.
+//   2. esbuild bundles dist/api.js (the package's main) and dist/cli-yargs.js (every
+//      command through yargs: help, usage errors, inspect, pack...) as ES modules with
+//      code splitting;
+//   3. esbuild bundles dist/cli.cjs, the `retrace` bin, as one CommonJS file holding the
+//      start-up path of `record` and `replay`, which loads dist/cli-yargs.js only for what
+//      its small parser does not take. One CommonJS file starts ~5 ms sooner than the same
+//      code as an ES module graph: no loader, no resolution, no asynchronous reads.
 import { execFileSync } from "node:child_process";
 import { chmodSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -21,7 +25,7 @@ for (const name of (() => {
     return [];
   }
 })()) {
-  if (/\.(js|d\.ts|map)$/.test(name)) rmSync(join(dist, name));
+  if (/\.(c?js|d\.ts|map)$/.test(name)) rmSync(join(dist, name));
 }
 
 execFileSync(process.execPath, [join(root, "node_modules", "typescript", "bin", "tsc"), "-p", join(root, "tsconfig.build.json")], {
@@ -30,7 +34,7 @@ execFileSync(process.execPath, [join(root, "node_modules", "typescript", "bin", 
 
 await build({
   absWorkingDir: root,
-  entryPoints: { cli: "ts/cli.ts", api: "ts/api.ts" },
+  entryPoints: { api: "ts/api.ts", "cli-yargs": "ts/cli-yargs.ts" },
   outdir: "dist",
   bundle: true,
   splitting: true,
@@ -45,6 +49,25 @@ await build({
   logLevel: "warning",
 });
 
-const cli = join(dist, "cli.js");
+await build({
+  absWorkingDir: root,
+  entryPoints: { cli: "ts/cli.ts" },
+  outfile: "dist/cli.cjs",
+  bundle: true,
+  format: "cjs",
+  platform: "node",
+  target: "node20",
+  // Loaded by dynamic import, from the ES module build above.
+  external: ["zstd-napi", "*.node", "./cli-yargs.js"],
+  // CommonJS has no import.meta: the bundle's own URL stands in for it.
+  define: { "import.meta.url": "__retraceBundleUrl" },
+  banner: { js: '"use strict";\nconst __retraceBundleUrl = require("node:url").pathToFileURL(__filename).href;' },
+  sourcemap: false,
+  minifySyntax: true,
+  legalComments: "none",
+  logLevel: "warning",
+});
+
+const cli = join(dist, "cli.cjs");
 writeFileSync(cli, `#!/usr/bin/env node\n${readFileSync(cli, "utf8")}`);
 chmodSync(cli, 0o755);

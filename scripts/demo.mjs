@@ -11,7 +11,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
-const cli = join(root, 'dist', 'cli.js');
+const cli = join(root, 'dist', 'cli.cjs');
 const work = mkdtempSync(join(tmpdir(), 'retrace-demo-'));
 cpSync(join(root, 'examples', 'demo'), work, { recursive: true });
 const recording = join(work, 'recording');

@@ -84,7 +84,7 @@ const platform = (() => {
 })();
 const native = join(root, "dist", `retrace.${platform}.node`);
 need(existsSync(native), `the napi trace reader is not built (${relative(root, native)})`, "run `npm run build:napi`");
-need(existsSync(join(root, "dist", "cli.js")) && existsSync(join(root, "dist", "api.js")), "the CLI is not built (dist/cli.js)", "run `npm run build:ts`");
+need(existsSync(join(root, "dist", "cli.cjs")) && existsSync(join(root, "dist", "api.js")), "the CLI is not built (dist/cli.cjs)", "run `npm run build:ts`");
 need(
   existsSync(join(root, "node_modules", "zstd-napi", "build", "Release", "binding.node")),
   "zstd-napi is not compiled (node_modules/zstd-napi/build)",
@@ -99,9 +99,9 @@ if (existsSync(native)) {
   const rust = [newest("crates/node/src", (n) => n.endsWith(".rs")), newest("crates/recorder/src", (n) => n.endsWith(".rs"))];
   if (rust.some((src) => src.mtime > mtime(native) + 1000)) rebuilds.push("build:napi");
 }
-if (existsSync(join(root, "dist", "cli.js"))) {
+if (existsSync(join(root, "dist", "cli.cjs"))) {
   const ts = newest("ts", (n) => n.endsWith(".ts"));
-  if (ts.mtime > mtime(join(root, "dist", "cli.js")) + 1000) rebuilds.push("build:ts");
+  if (ts.mtime > mtime(join(root, "dist", "cli.cjs")) + 1000) rebuilds.push("build:ts");
 }
 
 if (problems.length > 0) {

@@ -10,7 +10,8 @@
  * Start-up cost matters for `record` and `replay`: they are parsed here by a small parser
  * that handles exactly their documented options, and everything else (help, other commands,
  * any argument the small parser does not know) goes through yargs, loaded lazily, which is
- * the one place usage errors and help come from.
+ * the one place usage errors and help come from. This file is built as one CommonJS bundle
+ * (dist/cli.cjs, the bin) and the yargs side as ES modules (see scripts/build-ts.mjs).
  */
 import { fastRecordOptions, reportError, splitRecordArgs } from "./cli-args.js";
 import { record } from "./record.js";
@@ -27,8 +28,12 @@ async function main(argv: string[]): Promise<void> {
   } else if (command === "replay" && rest.length === 1 && !(rest[0] as string).startsWith("-")) {
     return replay(rest[0] as string);
   }
-  const { runYargs } = await import("./cli-yargs.js");
-  await runYargs(argv);
+  const yargsSide = await import("./cli-yargs.js");
+  try {
+    await yargsSide.runYargs(argv);
+  } catch (err) {
+    process.exitCode = yargsSide.reportError(err);
+  }
 }
 
 main(process.argv.slice(2)).catch((err: unknown) => {
