@@ -35,7 +35,8 @@ for (const name of only ?? []) {
 }
 const selected = (name) => !only || only.includes(name);
 const clockCalls = Number(option('--clock-calls', '2000000'));
-const urandomCalls = Number(option('--urandom-calls', '500000'));
+// 2M: at 500k the VM's noise (tens of ms per run) was ±100 ns per call.
+const urandomCalls = Number(option('--urandom-calls', '2000000'));
 const socketTrips = Number(option('--socket-trips', '50000'));
 const computeSteps = Number(option('--compute-steps', '150000'));
 const flaskRequests = Number(option('--flask-requests', '200'));
@@ -116,7 +117,8 @@ function perCall(label, program, iterations, callsPerIteration) {
   const replay = [];
   const replayVsRecord = [];
   const bytesPerCall = [];
-  for (let i = 0; i < rounds; i++) {
+  // At least 9 rounds: one round's four runs each carry tens of ms of this VM's noise.
+  for (let i = 0; i < Math.max(rounds, 9); i++) {
     const base = threeWays(join(programs, program), ['0']);
     const loop = threeWays(join(programs, program), [String(iterations)]);
     const plainLoop = loop.plain - base.plain;
@@ -129,6 +131,26 @@ function perCall(label, program, iterations, callsPerIteration) {
   report(`${label}: ns added per call (replay)`, 'ns', replay, { calls });
   report(`${label}: replay / record time`, 'ratio', replayVsRecord, { calls });
   report(`${label}: trace bytes per call`, 'bytes', bytesPerCall, { calls });
+}
+
+/**
+ * The steady-state cost of a recorded call: `steady.py` times N-call loops inside the
+ * process, best of several, plain and recorded in turn; the figure is the difference of
+ * the two bests. Start-up, exit and the slow moments of a shared machine stay out of it.
+ */
+function steadyPerCall(label, kind) {
+  const n = Number(option('--steady-calls', '200000'));
+  const reps = Number(option('--steady-reps', '7'));
+  const script = join(programs, 'steady.py');
+  const added = [];
+  for (let i = 0; i < Math.max(rounds, 9); i++) {
+    const plain = Number(timed(python, [script, kind, String(n), String(reps)]).stdout);
+    const dir = freshDir();
+    const recorded = Number(timed(python, [script, kind, String(n), String(reps)], hookEnv('record', dir)).stdout);
+    rmSync(dir, { recursive: true, force: true });
+    added.push(recorded - plain);
+  }
+  report(`${label}: ns added per call, steady state (record)`, 'ns', added, { calls: n, reps });
 }
 
 /** Instructions added per intercepted call under callgrind, recorded and replayed. */
@@ -145,8 +167,10 @@ function perCallInstructions(label, program, iterations, callsPerIteration) {
 }
 
 if (selected('clock')) perCall('clock: time.time()', 'clock_loop.py', clockCalls, 1);
+if (selected('clock')) steadyPerCall('clock: time.time()', 'clock');
 if (selected('clock-instructions')) perCallInstructions('clock: time.time()', 'clock_loop.py', 200000, 1);
 if (selected('urandom')) perCall('urandom: os.urandom(16)', 'urandom_loop.py', urandomCalls, 1);
+if (selected('urandom')) steadyPerCall('urandom: os.urandom(16)', 'urandom');
 if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(16)', 'urandom_loop.py', 100000, 1);
 // A round trip is 4 intercepted calls: send, recv, send, recv.
 if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);
