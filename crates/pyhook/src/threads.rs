@@ -38,10 +38,18 @@ thread_local! {
 /// program joins its threads may follow a set of `Thread` objects, whose order depends on
 /// addresses. It just waits for the thread, at replay as when recorded. A non-blocking
 /// acquire (`is_alive()`) is a schedule point: its answer depends on timing.
-static SENTINELS: std::sync::Mutex<Option<std::collections::HashSet<usize>>> = std::sync::Mutex::new(None);
+/// Read on every lock operation: the GIL guards it (every access is from a hook or a weak
+/// reference callback), where a mutex cost two locked instructions per lock operation.
+static SENTINELS: crate::gil::GilCell<Option<rustc_hash::FxHashSet<usize>>> = crate::gil::GilCell::new(None);
+
+/// Runs `f` on the sentinel set. The GIL must be held.
+fn with_sentinels<R>(f: impl FnOnce(&mut Option<rustc_hash::FxHashSet<usize>>) -> R) -> Option<R> {
+    // SAFETY: every caller holds the GIL (hooks and a weak reference callback).
+    SENTINELS.with(unsafe { crate::session::py() }, f)
+}
 
 fn is_sentinel(lock: *mut ffi::PyObject) -> bool {
-    SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.contains(&(lock as usize)))
+    with_sentinels(|set| set.as_ref().is_some_and(|s| s.contains(&(lock as usize)))).unwrap_or(false)
 }
 
 /// Called when a sentinel lock dies: its address may be reused by another lock.
@@ -49,9 +57,7 @@ unsafe extern "C-unwind" fn forget_sentinel(address: *mut ffi::PyObject, _weakre
     // SAFETY: `address` is the int made in `sentinel`; this only reads it.
     unsafe {
         let key = ffi::PyLong_AsSize_t(address);
-        if let Some(set) = SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-            set.remove(&key);
-        }
+        with_sentinels(|set| set.as_mut().map(|s| s.remove(&key)));
         ffi::PyErr_Clear();
         crate::codec::new_ref(ffi::Py_None())
     }
@@ -100,7 +106,7 @@ pub unsafe fn sentinel(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
         }
         // The weak reference must live as long as the lock: it is kept (leaked) on purpose,
         // one small object per thread started.
-        SENTINELS.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Default::default).insert(lock as usize);
+        with_sentinels(|set| set.get_or_insert_with(Default::default).insert(lock as usize));
         lock
     }
 }
@@ -128,6 +134,11 @@ unsafe fn unscheduled_caller() -> bool {
         // A comprehension (`[... for lock in locks if not lock.locked()]`, its own frame
         // before 3.12) is judged by the function it is in.
         let mut code = ffi::PyFrame_GetCode(frame);
+        let first_code = code as usize;
+        if let Some(verdict) = LAST_CALLER.with(crate::session::py(), |last| last.filter(|&(c, _)| c == first_code).map(|(_, v)| v)).flatten() {
+            ffi::Py_DECREF(code.cast());
+            return verdict;
+        }
         let mut owned_frame: *mut ffi::PyFrameObject = std::ptr::null_mut();
         for _ in 0..2 {
             let (_, name) = crate::internals::code_names(code);
@@ -150,10 +161,27 @@ unsafe fn unscheduled_caller() -> bool {
         let unscheduled = file.starts_with(b"<frozen importlib")
             || file.starts_with(b"<frozen zipimport")
             || (file.ends_with(b"/threading.py") && THREADING_INTERNALS.contains(&name));
-        ffi::Py_DECREF(code.cast());
+        if code as usize == first_code {
+            // Not a comprehension: the verdict is the code's own. The cache keeps the
+            // reference, so the address cannot be reused by another code object meanwhile.
+            match LAST_CALLER.with(crate::session::py(), |last| last.replace((first_code, unscheduled))) {
+                // Outside the cell: a code object's deallocation may run a weak reference
+                // callback, which may reach a hook.
+                Some(Some((old, _))) => ffi::Py_DECREF(old as *mut ffi::PyObject),
+                Some(None) => {}
+                None => ffi::Py_DECREF(code.cast()),
+            }
+        } else {
+            ffi::Py_DECREF(code.cast());
+        }
         unscheduled
     }
 }
+
+/// The code object [`unscheduled_caller`] judged last (a strong reference) and its verdict:
+/// a loop's lock operations come from one function, whose names need reading only once
+/// (that reading was ~220 of a lock operation's ~840 instructions).
+static LAST_CALLER: crate::gil::GilCell<Option<(usize, bool)>> = crate::gil::GilCell::new(None);
 
 /// `acquire(blocking=True, timeout=-1)` called so that it waits.
 ///
