@@ -18,7 +18,7 @@ import { INCUMBENT_PACKAGE, INCUMBENT_VERSION, incumbentRecord, incumbentReplay,
 import { readerThroughput } from './reader.mjs';
 
 const WORKLOADS = [
-  'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions',
+  'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions', 'lock',
   'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
@@ -171,6 +171,7 @@ if (selected('clock')) steadyPerCall('clock: time.time()', 'clock');
 if (selected('clock-instructions')) perCallInstructions('clock: time.time()', 'clock_loop.py', 200000, 1);
 if (selected('urandom')) perCall('urandom: os.urandom(16)', 'urandom_loop.py', urandomCalls, 1);
 if (selected('urandom')) steadyPerCall('urandom: os.urandom(16)', 'urandom');
+if (selected('lock')) steadyPerCall('schedule point: Lock acquire/release', 'lock');
 if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(16)', 'urandom_loop.py', 100000, 1);
 // A round trip is 4 intercepted calls: send, recv, send, recv.
 if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);

@@ -1,24 +1,33 @@
 # Steady-state cost of one call: runs a loop of N calls REPS times, timing each loop inside
 # the process, and prints the fastest loop's nanoseconds per call. Start-up, exit and the
 # machine's slower moments (this VM's noise is tens of ms per process) stay out of it.
-#   python3 steady.py clock|urandom N REPS
+#   python3 steady.py clock|urandom|lock N REPS
+# `lock`: N `with lock: pass`, two intercepted calls each (acquire, release); the figure is
+# per call.
 import os
 import sys
+import threading
 import time
 
 kind, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-call, arg = {"clock": (time.time, None), "urandom": (os.urandom, 16)}[kind]
 now = time.perf_counter_ns
-best = None
-for _ in range(reps):
-    if arg is None:
-        start = now()
+clock, urandom, lock = time.time, os.urandom, threading.Lock()
+
+
+def loop():
+    start = now()
+    if kind == "clock":
         for _ in range(n):
-            call()
+            clock()
+    elif kind == "urandom":
+        for _ in range(n):
+            urandom(16)
     else:
-        start = now()
         for _ in range(n):
-            call(arg)
-    elapsed = now() - start
-    best = elapsed if best is None else min(best, elapsed)
-print(best / n)
+            with lock:
+                pass
+    return now() - start
+
+
+calls = 2 * n if kind == "lock" else n
+print(min(loop() for _ in range(reps)) / calls)
