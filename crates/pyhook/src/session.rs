@@ -71,6 +71,7 @@ impl Threads {
 
     /// The calling thread's index: the one given when it was started through `_thread`
     /// (see `threads.rs`), or else assigned when it first reaches a hook.
+    #[inline]
     pub fn current(&mut self) -> u32 {
         // SAFETY: the GIL is held (we are inside GilCell::with), so the thread state is valid.
         let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
@@ -151,6 +152,7 @@ impl Recorder {
 
     /// Writes what must precede an event of `hook` from `thread`: the thread marker on a
     /// switch, and the function's definition the first time it appears.
+    #[inline]
     pub fn begin(&mut self, thread: u32, hook: &Hook) {
         if self.enc.current_thread() != thread {
             self.enc.thread(thread);

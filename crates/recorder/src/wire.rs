@@ -87,7 +87,8 @@ pub fn zigzag_decode(v: u64) -> i64 {
 }
 
 /// Appends `v` as an unsigned LEB128 varint. Never allocates unless `buf` must grow.
-#[inline]
+/// Always inlined: it runs two or three times per recorded event, mostly for one byte.
+#[inline(always)]
 pub fn write_varint(buf: &mut Vec<u8>, mut v: u64) {
     // One bounds/capacity check for the common one-byte case, a stack scratch otherwise,
     // so the hot path is a single `extend_from_slice`.
