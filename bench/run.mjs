@@ -138,8 +138,8 @@ function perCall(label, program, iterations, callsPerIteration) {
  * process, best of several, plain and recorded in turn; the figure is the difference of
  * the two bests. Start-up, exit and the slow moments of a shared machine stay out of it.
  */
-function steadyPerCall(label, kind) {
-  const n = Number(option('--steady-calls', '200000'));
+function steadyPerCall(label, kind, calls = 200000) {
+  const n = Number(option('--steady-calls', String(calls)));
   const reps = Number(option('--steady-reps', '7'));
   const script = join(programs, 'steady.py');
   const added = [];
@@ -175,6 +175,7 @@ if (selected('lock')) steadyPerCall('schedule point: Lock acquire/release', 'loc
 if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(16)', 'urandom_loop.py', 100000, 1);
 // A round trip is 4 intercepted calls: send, recv, send, recv.
 if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);
+if (selected('socket')) steadyPerCall('socket: loopback send/recv', 'socket', 10000);
 if (selected('socket-instructions')) perCallInstructions('socket: loopback send/recv', 'socket_loop.py', 10000, 4);
 
 // The quiet sources of divergence (ARCHITECTURE.md, "Garbage collection", "Identity

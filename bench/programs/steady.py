@@ -1,10 +1,12 @@
 # Steady-state cost of one call: runs a loop of N calls REPS times, timing each loop inside
 # the process, and prints the fastest loop's nanoseconds per call. Start-up, exit and the
 # machine's slower moments (this VM's noise is tens of ms per process) stay out of it.
-#   python3 steady.py clock|urandom|lock N REPS
-# `lock`: N `with lock: pass`, two intercepted calls each (acquire, release); the figure is
-# per call.
+#   python3 steady.py clock|urandom|lock|socket N REPS
+# `lock`: N `with lock: pass`, two intercepted calls each (acquire, release); `socket`: N
+# ping-pong round trips of 32 bytes over TCP on loopback (as socket_loop.py), four calls
+# each. The figure is per call.
 import os
+import socket
 import sys
 import threading
 import time
@@ -12,6 +14,15 @@ import time
 kind, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 now = time.perf_counter_ns
 clock, urandom, lock = time.time, os.urandom, threading.Lock()
+if kind == "socket":
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    ping, pong = b"p" * 32, b"q" * 32
 
 
 def loop():
@@ -22,12 +33,18 @@ def loop():
     elif kind == "urandom":
         for _ in range(n):
             urandom(16)
-    else:
+    elif kind == "lock":
         for _ in range(n):
             with lock:
                 pass
+    else:
+        for _ in range(n):
+            client.send(ping)
+            server.recv(64)
+            server.send(pong)
+            client.recv(64)
     return now() - start
 
 
-calls = 2 * n if kind == "lock" else n
+calls = {"lock": 2 * n, "socket": 4 * n}.get(kind, n)
 print(min(loop() for _ in range(reps)) / calls)

@@ -333,10 +333,11 @@ impl RawCall {
 }
 
 impl RawCall {
-    /// The digest of a call with no keywords and a few scalar positionals (`os.urandom(16)`,
-    /// `os.read(fd, n)`, `time.sleep(x)`, no arguments at all), hashed in one go from a stack
-    /// buffer. The bytes are those the streaming hasher would get, so the digest is the same;
-    /// the streaming hasher's set-up and finish are most of a small digest's cost.
+    /// The digest of a call with no keywords and a few positionals that are scalars or short
+    /// str or bytes (`os.urandom(16)`, `os.read(fd, n)`, `time.sleep(x)`, `sock.send(b"...")`,
+    /// no arguments at all), hashed in one go from a stack buffer. The bytes are those the
+    /// streaming hasher would get, so the digest is the same; the streaming hasher's set-up
+    /// and finish are most of a small digest's cost.
     ///
     /// # Safety
     /// The GIL is held and the arguments are alive.
@@ -358,14 +359,18 @@ impl RawCall {
             let n = unsafe { crate::codec::scalar_digest_bytes(*arg, &mut scalar) }?;
             return Some(xxhash_rust::xxh3::xxh3_64(&scalar[..n]) as u32);
         }
-        let mut buffer = [0u8; MAX_ARGS * crate::codec::SCALAR_DIGEST_MAX];
+        let mut buffer = [0u8; 128];
         let mut len = 0;
         for &arg in args {
             let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
             // SAFETY: per this function's contract.
-            let n = unsafe { crate::codec::scalar_digest_bytes(arg, &mut scalar) }?;
-            buffer[len..len + n].copy_from_slice(&scalar[..n]);
-            len += n;
+            if let Some(n) = unsafe { crate::codec::scalar_digest_bytes(arg, &mut scalar) } {
+                buffer.get_mut(len..len + n)?.copy_from_slice(&scalar[..n]);
+                len += n;
+            } else {
+                // SAFETY: per this function's contract.
+                len += unsafe { crate::codec::text_digest_bytes(arg, &mut buffer[len..]) }?;
+            }
         }
         Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }

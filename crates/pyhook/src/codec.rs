@@ -83,6 +83,40 @@ pub unsafe fn scalar_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8; SCALAR
     }
 }
 
+/// The canonical digest encoding of an exact str (as UTF-8) or bytes object, as a replay sees
+/// it (see `environ::as_replay_sees`), written to the start of `out`; its length, or None
+/// when it does not fit or `obj` is something else (a str with lone surrogates included).
+/// The same bytes [`digest_object`] feeds the streaming hasher.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn text_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Option<usize> {
+    // SAFETY: type checks and reads of exact builtin objects; no Python code runs.
+    unsafe {
+        let (tag, content) = if ffi::PyBytes_CheckExact(obj) != 0 {
+            (b'b', bytes_of(obj))
+        } else if ffi::PyUnicode_CheckExact(obj) != 0 {
+            (b's', utf8_of(obj)?)
+        } else {
+            return None;
+        };
+        // What a replay sees has the same length (a secret becomes as many `*`s): a long
+        // argument is left to the streaming hasher before any scan.
+        if content.len() + 1 > out.len() {
+            return None;
+        }
+        let mut written = None;
+        crate::environ::as_replay_sees(content, |seen| {
+            if let Some(slot) = out.get_mut(..seen.len() + 1) {
+                slot[0] = tag;
+                slot[1..].copy_from_slice(seen);
+                written = Some(seen.len() + 1);
+            }
+        });
+        written
+    }
+}
+
 /// Feeds a canonical encoding of `obj` into the digest. Unknown types contribute their
 /// type name only: their contents may not be stable between runs (addresses).
 ///
