@@ -125,6 +125,44 @@ test.serial("the threading family: Lock, RLock, Condition, Semaphore, Barrier, E
   await replaysAlike(t, r);
 });
 
+test.serial("queue.SimpleQueue: each get replays the item it got, although from 3.13 a put hands its item to a waiting thread that may return after another", async (t) => {
+  // Four workers wait in get() before the main thread puts; from 3.13 each put hands its
+  // item to one of them, and they return (and record) in whatever order they wake. The
+  // recording numbers the puts and gives each get the number of the item it returned.
+  const r = await recordAndReplay(`
+    import queue, threading, time
+    q, got, lock = queue.SimpleQueue(), [], threading.Lock()
+    def worker(name):
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            with lock:
+                got.append((name, item))
+    workers = [threading.Thread(target=worker, args=("w%d" % i,)) for i in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(0.2)
+    for round in range(3):
+        for item in range(8):
+            q.put(round * 8 + item)
+        time.sleep(0.05)
+    for w in workers:
+        q.put(None)
+    for w in workers:
+        w.join()
+    print(sorted(got))
+  `);
+  const recording = await openRecording(r.recording);
+  const numbers: number[] = [];
+  for await (const event of recording.events()) {
+    if (event.kind === "call" && event.fnName === "queue.SimpleQueue.get") numbers.push(Number(event.result));
+  }
+  // 24 items and 4 Nones, each get numbered by the put it took from.
+  t.deepEqual([...numbers].sort((a, b) => a - b), Array.from({ length: 28 }, (_, i) => i));
+  await replaysAlike(t, r);
+});
+
 test.serial("asyncio: the event loop, sleep, gather, as_completed, Queue, a TCP server and client in the same process, run_coroutine_threadsafe", async (t) => {
   const r = await recordAndReplay(`
     import asyncio, random, threading

@@ -28,6 +28,7 @@ mod internals;
 mod imports;
 mod session;
 mod signals;
+mod simplequeue;
 mod threads;
 mod uncaught;
 mod workspace;

@@ -462,12 +462,24 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
                     // Only whether an acquire got the lock matters; RLock's saved state holds
                     // a thread ident, which is not the replay's.
                     let answer = result == ffi::Py_True();
+                    // A SimpleQueue get records which put's item it returned (see
+                    // `simplequeue.rs`); the puts are numbered for that.
+                    let put_number = if op == LockOp::Take && crate::simplequeue::is_get(hook) {
+                        crate::simplequeue::put_number(call.slf(), result)
+                    } else {
+                        None
+                    };
+                    if op == LockOp::Other && crate::simplequeue::is_put(hook) {
+                        if let Some(item) = call.positional().first().copied().or_else(|| call.keyword("item")) {
+                            crate::simplequeue::note_put(call.slf(), item);
+                        }
+                    }
                     record_with(hook, |rec| {
                         rec.enc.call(hook.id, digest);
-                        if matches!(op, LockOp::Other | LockOp::Take) {
-                            rec.enc.none();
-                        } else {
-                            rec.enc.bool(answer);
+                        match (op, put_number) {
+                            (LockOp::Take, Some(number)) => rec.enc.int(number as i64),
+                            (LockOp::Other | LockOp::Take, _) => rec.enc.none(),
+                            _ => rec.enc.bool(answer),
                         }
                     });
                 }
@@ -480,6 +492,9 @@ pub unsafe fn lock(hook: &'static Hook, op: LockOp, call: RawCall) -> *mut ffi::
                 }
                 Replayed::Value(Value::Bool(answer)) if op == LockOp::Locked => crate::codec::new_ref(if answer { ffi::Py_True() } else { ffi::Py_False() }),
                 Replayed::Value(Value::Bool(false)) if op == LockOp::Acquire => crate::codec::new_ref(ffi::Py_False()),
+                Replayed::Value(Value::Int(number)) if op == LockOp::Take && crate::simplequeue::is_get(hook) => {
+                    crate::simplequeue::take_numbered(&call, original, number as u64)
+                }
                 // Our turn: the recorded order makes the lock free now, so a blocking
                 // acquire (whatever timeout the program gave) gets it at once.
                 Replayed::Value(_) if matches!(op, LockOp::Acquire | LockOp::Take) => call.call_bare(original),
