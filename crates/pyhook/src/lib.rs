@@ -8,6 +8,7 @@
 mod calls;
 mod children;
 mod codec;
+mod deaths;
 mod debugger;
 mod dirs;
 mod dispatch;

@@ -123,18 +123,9 @@ unsafe fn watch(queue: *mut ffi::PyObject) -> bool {
     if with_queues(|queues| queues.contains_key(&(queue as usize))) == Some(true) {
         return true;
     }
-    // SAFETY: a weak reference to a live queue, with a callback bound to its address as an
-    // int; the weak reference is kept (leaked) on purpose, one small object per queue.
-    unsafe {
-        let address = ffi::PyLong_FromSize_t(queue as usize);
-        let callback = if address.is_null() { address } else { ffi::PyCFunction_NewEx(FORGET_DEF.0.get(), address, std::ptr::null_mut()) };
-        ffi::Py_XDECREF(address);
-        let weak = if callback.is_null() { callback } else { ffi::PyWeakref_NewRef(queue, callback) };
-        ffi::Py_XDECREF(callback);
-        if weak.is_null() {
-            ffi::PyErr_Clear();
-            return false;
-        }
+    // SAFETY: per the function's contract; SimpleQueue objects take weak references.
+    if !unsafe { FORGET_QUEUE.watch(queue) } {
+        return false;
     }
     with_queues(|queues| queues.insert(queue as usize, QueueOrder::default()));
     true
@@ -142,10 +133,10 @@ unsafe fn watch(queue: *mut ffi::PyObject) -> bool {
 
 /// Called when a queue dies: its entry goes, and the items kept for its gets are released.
 unsafe extern "C-unwind" fn forget_queue(address: *mut ffi::PyObject, _weakref: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: `address` is the int made in `watch`; the kept items are strong references.
+    // SAFETY: `address` is the int `DeathCallback::watch` bound the callback to; the kept
+    // items are strong references.
     unsafe {
-        let key = ffi::PyLong_AsSize_t(address);
-        ffi::PyErr_Clear();
+        let key = crate::deaths::address_of(address);
         let gone = with_queues(|queues| queues.remove(&key)).flatten();
         // Outside the cell: an item's deallocation may run code that reaches a hook.
         for item in gone.into_iter().flat_map(|order| order.early.into_values()) {
@@ -155,21 +146,4 @@ unsafe extern "C-unwind" fn forget_queue(address: *mut ffi::PyObject, _weakref: 
     }
 }
 
-struct ForgetDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
-// SAFETY: never written after its static initialisation; CPython only reads it.
-unsafe impl Sync for ForgetDef {}
-
-static FORGET_DEF: ForgetDef = ForgetDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
-    ml_name: c"forget_queue".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
-        PyCFunction: unsafe {
-            std::mem::transmute::<
-                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
-                ffi::PyCFunction,
-            >(forget_queue)
-        },
-    },
-    ml_flags: ffi::METH_O,
-    ml_doc: std::ptr::null(),
-}));
+static FORGET_QUEUE: crate::deaths::DeathCallback = crate::deaths::DeathCallback::new(c"forget_queue", forget_queue);

@@ -54,33 +54,15 @@ fn is_sentinel(lock: *mut ffi::PyObject) -> bool {
 
 /// Called when a sentinel lock dies: its address may be reused by another lock.
 unsafe extern "C-unwind" fn forget_sentinel(address: *mut ffi::PyObject, _weakref: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: `address` is the int made in `sentinel`; this only reads it.
+    // SAFETY: `address` is the int `DeathCallback::watch` bound the callback to.
     unsafe {
-        let key = ffi::PyLong_AsSize_t(address);
+        let key = crate::deaths::address_of(address);
         with_sentinels(|set| set.as_mut().map(|s| s.remove(&key)));
-        ffi::PyErr_Clear();
         crate::codec::new_ref(ffi::Py_None())
     }
 }
 
-struct ForgetDef(std::cell::UnsafeCell<ffi::PyMethodDef>);
-// SAFETY: never written after its static initialisation; CPython only reads it.
-unsafe impl Sync for ForgetDef {}
-
-static FORGET_DEF: ForgetDef = ForgetDef(std::cell::UnsafeCell::new(ffi::PyMethodDef {
-    ml_name: c"forget_sentinel".as_ptr(),
-    ml_meth: ffi::PyMethodDefPointer {
-        // SAFETY: the same C calling convention; "C-unwind" only lets a forced unwind through.
-        PyCFunction: unsafe {
-            std::mem::transmute::<
-                unsafe extern "C-unwind" fn(*mut ffi::PyObject, *mut ffi::PyObject) -> *mut ffi::PyObject,
-                ffi::PyCFunction,
-            >(forget_sentinel)
-        },
-    },
-    ml_flags: ffi::METH_O,
-    ml_doc: std::ptr::null(),
-}));
+static FORGET_SENTINEL: crate::deaths::DeathCallback = crate::deaths::DeathCallback::new(c"forget_sentinel", forget_sentinel);
 
 /// `_thread._set_sentinel()`: not a boundary (it makes a lock); the lock is remembered.
 ///
@@ -94,18 +76,10 @@ pub unsafe fn sentinel(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject
         if lock.is_null() || !matches!(mode(), MODE_RECORD | MODE_REPLAY) {
             return lock;
         }
-        let address = ffi::PyLong_FromSize_t(lock as usize);
-        let callback = if address.is_null() { address } else { ffi::PyCFunction_NewEx(FORGET_DEF.0.get(), address, std::ptr::null_mut()) };
-        ffi::Py_XDECREF(address);
-        let weak = if callback.is_null() { callback } else { ffi::PyWeakref_NewRef(lock, callback) };
-        ffi::Py_XDECREF(callback);
-        if weak.is_null() {
+        if !FORGET_SENTINEL.watch(lock) {
             // Without a way to forget it, the lock stays an ordinary one.
-            ffi::PyErr_Clear();
             return lock;
         }
-        // The weak reference must live as long as the lock: it is kept (leaked) on purpose,
-        // one small object per thread started.
         with_sentinels(|set| set.get_or_insert_with(Default::default).insert(lock as usize));
         lock
     }
