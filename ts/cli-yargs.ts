@@ -4,14 +4,14 @@
  */
 import yargs from "yargs";
 import { splitRecordArgs } from "./cli-args.js";
-
-// The `retrace` bin (dist/cli.cjs) is a separate bundle with its own copy of RetraceError:
-// errors thrown on this side are reported by this side's copy.
-export { reportError } from "./cli-args.js";
 import { EXIT_USAGE, RetraceError } from "./errors.js";
 import { packageVersion } from "./paths.js";
 import { record } from "./record.js";
 import { replay } from "./replay.js";
+
+// The `retrace` bin (dist/cli.cjs) is a separate bundle with its own copy of RetraceError:
+// errors thrown on this side are reported by this side's copy.
+export { reportError } from "./cli-args.js";
 
 const COMMANDS = ["record", "replay", "inspect", "pack", "unpack", "install-hook", "uninstall-hook"];
 

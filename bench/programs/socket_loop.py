@@ -6,21 +6,30 @@
 import socket
 import sys
 
-n = int(sys.argv[1])
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-listener.bind(("127.0.0.1", 0))
-listener.listen(1)
-client = socket.create_connection(listener.getsockname())
-server, _ = listener.accept()
-client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-ping = b"p" * 32
-pong = b"q" * 32
-for _ in range(n):
-    client.send(ping)
-    got = server.recv(64)
-    server.send(pong)
-    got = client.recv(64)
-client.close()
-server.close()
-listener.close()
+
+def connected_pair():
+    """A listener and both ends of a TCP connection on loopback, Nagle off."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return listener, client, server
+
+
+PING = b"p" * 32
+PONG = b"q" * 32
+
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    listener, client, server = connected_pair()
+    for _ in range(n):
+        client.send(PING)
+        got = server.recv(64)
+        server.send(PONG)
+        got = client.recv(64)
+    client.close()
+    server.close()
+    listener.close()

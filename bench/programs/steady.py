@@ -6,23 +6,17 @@
 # ping-pong round trips of 32 bytes over TCP on loopback (as socket_loop.py), four calls
 # each. The figure is per call.
 import os
-import socket
 import sys
 import threading
 import time
+
+from socket_loop import PING, PONG, connected_pair
 
 kind, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 now = time.perf_counter_ns
 clock, urandom, lock = time.time, os.urandom, threading.Lock()
 if kind == "socket":
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    ping, pong = b"p" * 32, b"q" * 32
+    listener, client, server = connected_pair()
 
 
 def loop():
@@ -39,9 +33,9 @@ def loop():
                 pass
     else:
         for _ in range(n):
-            client.send(ping)
+            client.send(PING)
             server.recv(64)
-            server.send(pong)
+            server.send(PONG)
             client.recv(64)
     return now() - start
 

@@ -300,7 +300,7 @@ impl RawCall {
     pub fn digest(&self) -> u32 {
         // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
         // arguments alive.
-        if let Some(digest) = unsafe { self.scalar_digest() } {
+        if let Some(digest) = unsafe { self.small_digest() } {
             return digest;
         }
         let mut hasher = Xxh3Default::new();
@@ -341,7 +341,7 @@ impl RawCall {
     ///
     /// # Safety
     /// The GIL is held and the arguments are alive.
-    unsafe fn scalar_digest(&self) -> Option<u32> {
+    unsafe fn small_digest(&self) -> Option<u32> {
         const MAX_ARGS: usize = 4;
         let has_keywords = match *self {
             RawCall::FastKw { kwnames, .. } | RawCall::MethodFastKw { kwnames, .. } => !kwnames.is_null(),
@@ -353,11 +353,13 @@ impl RawCall {
             return None;
         }
         if let [arg] = args {
-            // The most common shape (a size, a descriptor, a timeout), without the loop.
+            // The most common shape (a size, a descriptor, a timeout), without the loop; a
+            // single str or bytes goes on to it.
             let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
             // SAFETY: per this function's contract.
-            let n = unsafe { crate::codec::scalar_digest_bytes(*arg, &mut scalar) }?;
-            return Some(xxhash_rust::xxh3::xxh3_64(&scalar[..n]) as u32);
+            if let Some(n) = unsafe { crate::codec::scalar_digest_bytes(*arg, &mut scalar) } {
+                return Some(xxhash_rust::xxh3::xxh3_64(&scalar[..n]) as u32);
+            }
         }
         let mut buffer = [0u8; 128];
         let mut len = 0;

@@ -264,7 +264,7 @@ pub struct Events<'r> {
     /// section of value contents follows it).
     chunk_pos: usize,
     events_end: usize,
-    /// Where the next value's contents start in the chunk's payload section.
+    /// Where the next value's contents start, within the chunk's payload section.
     payload_pos: usize,
     chunk_offset: u64,
     chunk_elapsed_ns: u64,
@@ -444,7 +444,7 @@ impl Events<'_> {
         }
         self.chunk_pos = cursor.pos;
         self.events_end = events_end;
-        self.payload_pos = events_end;
+        self.payload_pos = 0;
         self.chunk_offset = offset;
         self.chunk_elapsed_ns = elapsed_ns;
         self.thread = thread;
@@ -466,13 +466,11 @@ impl Events<'_> {
         let index = self.next_index;
         let chunk_offset = self.chunk_offset;
         let start = self.chunk_pos;
-        let (events, payload) = self.chunk.split_at(self.events_end);
-        let payload = &payload[..payload.len() - 4];
         let mut cursor = Cursor {
-            bytes: events,
+            bytes: &self.chunk[..self.events_end],
             pos: start,
-            payload,
-            payload_pos: self.payload_pos - self.events_end,
+            payload: payload_section(&self.chunk, self.events_end),
+            payload_pos: self.payload_pos,
         };
         let event = decode_event_body(&mut cursor, self.reader).map_err(|message| {
             (
@@ -481,7 +479,7 @@ impl Events<'_> {
             )
         })?;
         self.chunk_pos = cursor.pos;
-        self.payload_pos = self.events_end + cursor.payload_pos;
+        self.payload_pos = cursor.payload_pos;
         if let Event::Thread { thread } = event {
             self.thread = thread;
         }
@@ -504,7 +502,7 @@ impl Iterator for Events<'_> {
             return None;
         }
         while self.chunk_pos >= self.events_end {
-            let unused_payload = (self.chunk.len().saturating_sub(4)).saturating_sub(self.payload_pos);
+            let unused_payload = payload_section(&self.chunk, self.events_end).len() - self.payload_pos;
             if unused_payload > 0 {
                 let failure = (
                     self.chunk_offset,
@@ -528,6 +526,12 @@ impl Iterator for Events<'_> {
 }
 
 impl FusedIterator for Events<'_> {}
+
+/// A decompressed chunk's payload section: after its events (which end at `events_end`),
+/// before the section's length; empty before the first chunk.
+fn payload_section(chunk: &[u8], events_end: usize) -> &[u8] {
+    chunk.get(events_end..chunk.len().saturating_sub(4)).unwrap_or(&[])
+}
 
 /// One of our records after the header: the trailer (returned, after checking it against
 /// the `events_read` so far), or a kind from a later version (skipped).
