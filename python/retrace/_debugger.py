@@ -151,8 +151,9 @@ def _watch_program_threads(debugger_threading):
     ends the debug session once no user thread is alive; from 3.13 the interpreter's shutdown
     also waits for it, so judged by pydevd's own module it would wait forever. Here a user
     thread is a non-daemon thread of the program's module, or one of pydevd's module other
-    than its main thread (and its own). A program that never imports `threading` is not
-    waited on by the interpreter: then pydevd's main thread stands for the program's."""
+    than its main thread (and its own). A program that never imports `threading` (or has
+    not finished importing it) is not waited on by the interpreter: then pydevd's main
+    thread stands for the program's."""
     pydevd = sys.modules.get("pydevd")
     py_db = pydevd.get_global_debugger() if pydevd is not None else None
     if py_db is None or debugger_threading is None or not hasattr(py_db, "has_user_threads_alive"):
@@ -163,7 +164,10 @@ def _watch_program_threads(debugger_threading):
 
     def has_user_threads_alive():
         program_threading = sys.modules.get("threading")
-        own = program_threading is not None and program_threading is not debugger_threading
+        # Until the program's `threading` has finished importing (its main thread is made
+        # last), it has no threads to list: pydevd's main thread stands for the program's.
+        own = (program_threading is not None and program_threading is not debugger_threading
+               and getattr(program_threading, "_main_thread", None) is not None)
         threads = list(program_threading._active.values()) + list(program_threading._limbo.values()) if own else []
         threads += [t for t in list(debugger_threading._active.values()) + list(debugger_threading._limbo.values())
                     if not (own and t is debugger_threading._main_thread) and not getattr(t, "is_pydev_daemon_thread", False)]
