@@ -352,27 +352,16 @@ impl RawCall {
         if has_keywords || args.len() > MAX_ARGS {
             return None;
         }
-        if let [arg] = args {
-            // The most common shape (a size, a descriptor, a timeout), without the loop; a
-            // single str or bytes goes on to it.
-            let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
-            // SAFETY: per this function's contract.
-            if let Some(n) = unsafe { crate::codec::scalar_digest_bytes(*arg, &mut scalar) } {
-                return Some(xxhash_rust::xxh3::xxh3_64(&scalar[..n]) as u32);
-            }
-        }
         let mut buffer = [0u8; 128];
         let mut len = 0;
         for &arg in args {
-            let mut scalar = [0u8; crate::codec::SCALAR_DIGEST_MAX];
+            let out = &mut buffer[len..];
             // SAFETY: per this function's contract.
-            if let Some(n) = unsafe { crate::codec::scalar_digest_bytes(arg, &mut scalar) } {
-                buffer.get_mut(len..len + n)?.copy_from_slice(&scalar[..n]);
-                len += n;
-            } else {
+            len += match unsafe { crate::codec::scalar_digest_bytes(arg, out) } {
+                Some(n) => n,
                 // SAFETY: per this function's contract.
-                len += unsafe { crate::codec::text_digest_bytes(arg, &mut buffer[len..]) }?;
-            }
+                None => unsafe { crate::codec::text_digest_bytes(arg, out) }?,
+            };
         }
         Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }

@@ -46,20 +46,21 @@ pub unsafe fn utf8_of<'a>(obj: *mut ffi::PyObject) -> Option<&'a [u8]> {
 pub const SCALAR_DIGEST_MAX: usize = 9;
 
 /// The canonical digest encoding of a scalar (None, a bool, an int within i64, a float),
-/// written to the start of `out`; its length, or None for any other object. Shared by
-/// [`digest_object`] and the one-shot digest of scalar arguments (`RawCall::digest`), so
-/// both hash the same bytes.
+/// written to the start of `out`; its length, or None for any other object or when `out`
+/// is too short. Shared by [`digest_object`] and the one-shot digest of small arguments
+/// (`RawCall::digest`), so both hash the same bytes.
 ///
 /// # Safety
 /// `obj` must be a live object and the GIL held.
-pub unsafe fn scalar_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8; SCALAR_DIGEST_MAX]) -> Option<usize> {
+#[inline]
+pub unsafe fn scalar_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Option<usize> {
     // SAFETY: type checks and reads of exact builtin objects; no Python code runs.
     unsafe {
         if obj == ffi::Py_None() {
-            out[0] = b'N';
+            *out.first_mut()? = b'N';
             Some(1)
         } else if ffi::PyBool_Check(obj) != 0 {
-            out[0] = if obj == ffi::Py_True() { b'T' } else { b'F' };
+            *out.first_mut()? = if obj == ffi::Py_True() { b'T' } else { b'F' };
             Some(1)
         } else if ffi::PyLong_CheckExact(obj) != 0 {
             let mut overflow = 0;
@@ -70,13 +71,15 @@ pub unsafe fn scalar_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8; SCALAR
             if overflow != 0 {
                 return None;
             }
+            let out = out.get_mut(..SCALAR_DIGEST_MAX)?;
             out[0] = b'i';
             out[1..].copy_from_slice(&v.to_le_bytes());
-            Some(9)
+            Some(SCALAR_DIGEST_MAX)
         } else if ffi::PyFloat_CheckExact(obj) != 0 {
+            let out = out.get_mut(..SCALAR_DIGEST_MAX)?;
             out[0] = b'f';
             out[1..].copy_from_slice(&ffi::PyFloat_AS_DOUBLE(obj).to_bits().to_le_bytes());
-            Some(9)
+            Some(SCALAR_DIGEST_MAX)
         } else {
             None
         }
@@ -340,6 +343,54 @@ pub unsafe fn resolve_qualified(name: &str) -> *mut ffi::PyObject {
     }
 }
 
+/// Writes a CALL of `fn_id` returning `obj`, when `obj` can be stored completely, and
+/// returns whether it did (nothing is written otherwise). The results most calls return
+/// (an int, bytes) take one type test each, instead of [`is_encodable`]'s tests and then
+/// [`encode_object`]'s again.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn encode_call_result(enc: &mut ChunkEncoder, fn_id: u32, digest: Option<u32>, obj: *mut ffi::PyObject) -> bool {
+    // SAFETY: as for is_encodable and encode_object.
+    unsafe {
+        let ty = ffi::Py_TYPE(obj);
+        if ty == std::ptr::addr_of_mut!(ffi::PyLong_Type) {
+            enc.call(fn_id, digest);
+            encode_int(enc, obj, Some(fn_id));
+        } else if ty == std::ptr::addr_of_mut!(ffi::PyBytes_Type) {
+            enc.call(fn_id, digest);
+            enc.bytes(bytes_of(obj));
+        } else if is_encodable(obj, 0) {
+            enc.call(fn_id, digest);
+            encode_object(enc, obj, Some(fn_id));
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
+/// An exact int, delta-encoded against the previous result of `delta_fn` when given.
+///
+/// # Safety
+/// `obj` must be an exact int and the GIL held.
+#[inline]
+unsafe fn encode_int(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, delta_fn: Option<u32>) {
+    // SAFETY: converting an exact int runs no Python code.
+    unsafe {
+        let mut overflow = 0;
+        let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+        if overflow == 0 {
+            match delta_fn {
+                Some(f) => enc.int_delta(f, v),
+                None => enc.int(v),
+            }
+        } else {
+            enc.big_int(&long_to_le_bytes(obj));
+        }
+    }
+}
+
 /// Writes `obj` as one value. A top-level float or int of a call result is delta-encoded
 /// against the previous result of the same function (`delta_fn`), which turns clock reads
 /// into a byte or two.
@@ -354,16 +405,7 @@ pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, del
         } else if ffi::PyBool_Check(obj) != 0 {
             enc.bool(obj == ffi::Py_True());
         } else if ffi::PyLong_CheckExact(obj) != 0 {
-            let mut overflow = 0;
-            let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
-            if overflow == 0 {
-                match delta_fn {
-                    Some(f) => enc.int_delta(f, v),
-                    None => enc.int(v),
-                }
-            } else {
-                enc.big_int(&long_to_le_bytes(obj));
-            }
+            encode_int(enc, obj, delta_fn);
         } else if ffi::PyFloat_CheckExact(obj) != 0 {
             let v = ffi::PyFloat_AS_DOUBLE(obj);
             match delta_fn {

@@ -1,6 +1,6 @@
 //! What every hook does with a call: pass it through, record it, or replay it.
 
-use crate::codec::{decode_value, encode_object, is_encodable, type_name_bytes};
+use crate::codec::{decode_value, encode_call_result, type_name_bytes};
 use crate::exceptions::{raise_recorded, record_raise};
 use crate::hooks::Hook;
 use crate::session::{
@@ -182,30 +182,40 @@ pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *
 ///
 /// # Safety
 /// As for [`record_outcome`].
+#[inline(always)]
 unsafe fn record_outcome_on(hook: &'static Hook, thread: Option<u32>, digest: Option<u32>, result: *mut ffi::PyObject) {
     // SAFETY: the GIL is held; encoding reads exact builtin objects only.
     unsafe {
         record_with_on(hook, thread, |rec| {
             if result.is_null() {
                 record_raise(&mut rec.enc, hook.id, digest);
-            } else if is_encodable(result, 0) {
-                rec.enc.call(hook.id, digest);
-                encode_object(&mut rec.enc, result, Some(hook.id));
-            } else {
-                let type_name = String::from_utf8_lossy(type_name_bytes(result)).into_owned();
-                if rec.warn_unrecordable_once() {
-                    eprintln!(
-                        "retrace: warning: {} returned a {type_name}, which cannot be recorded yet; a replay will stop there",
-                        hook.name
-                    );
-                }
-                rec.enc.raise(hook.id, digest, "retrace:UnrecordableResult");
-                rec.enc.tuple(1);
-                rec.enc.str(&type_name);
-                rec.enc.dict(0);
+            } else if !encode_call_result(&mut rec.enc, hook.id, digest, result) {
+                record_unrecordable(rec, hook, digest, result);
             }
         });
     }
+}
+
+/// A result we cannot store (an object of a type the codec does not know): recorded as a
+/// marker exception naming the type, with a warning the first time.
+///
+/// # Safety
+/// The GIL must be held; `result` is live.
+#[cold]
+#[inline(never)]
+unsafe fn record_unrecordable(rec: &mut Recorder, hook: &'static Hook, digest: Option<u32>, result: *mut ffi::PyObject) {
+    // SAFETY: per the function's contract.
+    let type_name = String::from_utf8_lossy(unsafe { type_name_bytes(result) }).into_owned();
+    if rec.warn_unrecordable_once() {
+        eprintln!(
+            "retrace: warning: {} returned a {type_name}, which cannot be recorded yet; a replay will stop there",
+            hook.name
+        );
+    }
+    rec.enc.raise(hook.id, digest, "retrace:UnrecordableResult");
+    rec.enc.tuple(1);
+    rec.enc.str(&type_name);
+    rec.enc.dict(0);
 }
 
 /// Writes one event for `hook` through `write`, then flushes as needed.
@@ -219,6 +229,7 @@ pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)
 
 /// # Safety
 /// The GIL must be held; `thread`, when given, is the calling thread's index.
+#[inline(always)]
 unsafe fn record_with_on(hook: &'static Hook, thread: Option<u32>, write: impl FnOnce(&mut Recorder)) {
     // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };

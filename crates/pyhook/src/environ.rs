@@ -15,6 +15,7 @@ use crate::gil::GilCell;
 use crate::exceptions::raise_recorded;
 use crate::hooks::{hook, HookId};
 use crate::session::{mode, Replayed, MODE_RECORD, MODE_REPLAY};
+use memchr::memmem::Finder;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -161,8 +162,10 @@ unsafe fn secret_of<'a>(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> O
     }
 }
 
-/// The secret values redacted so far in this recording.
-static SECRETS: GilCell<Vec<Vec<u8>>> = GilCell::new(Vec::new());
+/// The secret values redacted so far in this recording, as searchers: every str and bytes
+/// argument of a recorded call is searched for each (see [`as_replay_sees`]), so the search
+/// must cost little next to the call.
+static SECRETS: GilCell<Vec<Finder<'static>>> = GilCell::new(Vec::new());
 
 /// Placeholders only make sense for values long enough not to occur by chance.
 const MIN_SECRET_LEN: usize = 4;
@@ -174,8 +177,8 @@ fn remember_secret(value: &[u8]) {
     // SAFETY: only called from hooks, with the GIL held.
     let py = unsafe { crate::session::py() };
     SECRETS.with(py, |secrets| {
-        if !secrets.iter().any(|s| s == value) {
-            secrets.push(value.to_vec());
+        if !secrets.iter().any(|s| s.needle() == value) {
+            secrets.push(Finder::new(value).into_owned());
         }
     });
 }
@@ -192,20 +195,19 @@ pub fn as_replay_sees(text: &[u8], feed: impl FnOnce(&[u8])) {
             let mut out: Option<Vec<u8>> = None;
             for secret in secrets.iter() {
                 let current = out.as_deref().unwrap_or(text);
-                if current.len() < secret.len() || !current.windows(secret.len()).any(|w| w == secret.as_slice()) {
+                let Some(first) = secret.find(current) else {
                     continue;
-                }
+                };
                 let mut next = Vec::with_capacity(current.len());
-                let mut i = 0;
-                while i < current.len() {
-                    if current[i..].starts_with(secret) {
-                        next.extend(std::iter::repeat_n(b'*', secret.len()));
-                        i += secret.len();
-                    } else {
-                        next.push(current[i]);
-                        i += 1;
-                    }
+                let mut rest = current;
+                let mut found = Some(first);
+                while let Some(at) = found {
+                    next.extend_from_slice(&rest[..at]);
+                    next.extend(std::iter::repeat_n(b'*', secret.needle().len()));
+                    rest = &rest[at + secret.needle().len()..];
+                    found = secret.find(rest);
                 }
+                next.extend_from_slice(rest);
                 out = Some(next);
             }
             out

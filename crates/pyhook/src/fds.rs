@@ -17,7 +17,60 @@
 //! capture does) records what goes there, and restoring it makes output live again.
 
 use crate::session::{py, STATE};
+use std::collections::BTreeMap;
 use std::os::raw::c_int;
+
+/// Numbers below this are also kept in a bit set.
+const LOW_FDS: usize = 1024;
+
+/// The tracked descriptors. Every socket, file and descriptor call asks whether its
+/// descriptor is tracked first: a bit test answers that for the usual numbers, where a
+/// search of the map was a measurable part of a loopback `send`.
+pub struct Descriptors {
+    kinds: BTreeMap<c_int, FdKind>,
+    low: [u64; LOW_FDS / 64],
+}
+
+impl Descriptors {
+    pub const fn new() -> Self {
+        Descriptors { kinds: BTreeMap::new(), low: [0; LOW_FDS / 64] }
+    }
+
+    #[inline]
+    pub fn contains(&self, fd: c_int) -> bool {
+        match usize::try_from(fd) {
+            Ok(n) if n < LOW_FDS => self.low[n / 64] & (1 << (n % 64)) != 0,
+            _ => self.kinds.contains_key(&fd),
+        }
+    }
+
+    pub fn get(&self, fd: c_int) -> Option<FdKind> {
+        self.kinds.get(&fd).copied()
+    }
+
+    pub fn insert(&mut self, fd: c_int, kind: FdKind) {
+        self.set_low(fd, true);
+        self.kinds.insert(fd, kind);
+    }
+
+    pub fn remove(&mut self, fd: c_int) {
+        self.set_low(fd, false);
+        self.kinds.remove(&fd);
+    }
+
+    fn set_low(&mut self, fd: c_int, tracked: bool) {
+        if let Ok(n) = usize::try_from(fd) {
+            if n < LOW_FDS {
+                let bit = 1 << (n % 64);
+                if tracked {
+                    self.low[n / 64] |= bit;
+                } else {
+                    self.low[n / 64] &= !bit;
+                }
+            }
+        }
+    }
+}
 
 /// What a tracked descriptor is, which decides its stand-in at replay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,13 +84,13 @@ pub enum FdKind {
 pub fn is_tracked(fd: c_int) -> bool {
     // SAFETY: only called from hooks, with the GIL held.
     let py = unsafe { py() };
-    STATE.with(py, |s| s.fds.contains_key(&fd)).unwrap_or(false)
+    STATE.with(py, |s| s.fds.contains(fd)).unwrap_or(false)
 }
 
 pub fn kind_of(fd: c_int) -> Option<FdKind> {
     // SAFETY: only called from hooks, with the GIL held.
     let py = unsafe { py() };
-    STATE.with(py, |s| s.fds.get(&fd).copied()).flatten()
+    STATE.with(py, |s| s.fds.get(fd)).flatten()
 }
 
 pub fn track(fd: c_int, kind: FdKind) {
@@ -49,7 +102,7 @@ pub fn track(fd: c_int, kind: FdKind) {
 pub fn untrack(fd: c_int) {
     // SAFETY: only called from hooks, with the GIL held.
     let py = unsafe { py() };
-    STATE.with(py, |s| s.fds.remove(&fd));
+    STATE.with(py, |s| s.fds.remove(fd));
 }
 
 /// How long a replay waits for a descriptor number another thread holds for a moment.

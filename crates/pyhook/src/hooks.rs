@@ -238,10 +238,12 @@ macro_rules! hook_table {
         mod proxies { $(
             pub mod $id {
                 use crate::calls::{InitCall, RawCall};
-                use crate::hooks::{HookId, HOOKS};
+                // The handler expressions of the table name items imported there.
+                use crate::hooks::*;
                 use pyo3::ffi::{PyObject, PyTypeObject, Py_ssize_t};
                 use std::os::raw::c_int;
                 const ID: usize = HookId::$id as usize;
+                const HANDLER: Handler = $handler;
 
                 // SAFETY (all proxies): CPython calls these with the GIL held and the
                 // arguments of the convention the proxy was installed for.
@@ -250,27 +252,27 @@ macro_rules! hook_table {
                     // convention tells them apart.
                     let call = if HOOKS[ID].is_o() { RawCall::O { slf, arg } } else { RawCall::NoArgs { slf, unused: arg } };
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], call) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, call) }
                 }
                 pub unsafe extern "C-unwind" fn varargs(slf: *mut PyObject, args: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgs { slf, args }) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, RawCall::VarArgs { slf, args }) }
                 }
                 pub unsafe extern "C-unwind" fn varargs_kw(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::VarArgsKw { slf, args, kwargs }) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, RawCall::VarArgsKw { slf, args, kwargs }) }
                 }
                 pub unsafe extern "C-unwind" fn fast(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t) -> *mut PyObject {
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::Fast { slf, args, nargs }) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, RawCall::Fast { slf, args, nargs }) }
                 }
                 pub unsafe extern "C-unwind" fn fast_kw(slf: *mut PyObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::FastKw { slf, args, nargs, kwnames }) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, RawCall::FastKw { slf, args, nargs, kwnames }) }
                 }
                 pub unsafe extern "C-unwind" fn method_fast_kw(slf: *mut PyObject, cls: *mut PyTypeObject, args: *const *mut PyObject, nargs: Py_ssize_t, kwnames: *mut PyObject) -> *mut PyObject {
                     // SAFETY: see above.
-                    unsafe { crate::handlers::dispatch(&HOOKS[ID], RawCall::MethodFastKw { slf, cls, args, nargs, kwnames }) }
+                    unsafe { crate::handlers::dispatch(&HOOKS[ID], HANDLER, RawCall::MethodFastKw { slf, cls, args, nargs, kwnames }) }
                 }
                 pub unsafe extern "C-unwind" fn init(slf: *mut PyObject, args: *mut PyObject, kwargs: *mut PyObject) -> c_int {
                     // SAFETY: see above.

@@ -7,9 +7,7 @@ use pyo3::{ffi, Python};
 use retrace_recorder::{
     ChunkEncoder, Event, EventRecord, Events, RecordedError, TraceReader, TraceWriter, Value,
 };
-use crate::fds::FdKind;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::os::raw::c_int;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex};
 
@@ -32,7 +30,7 @@ pub struct State {
     pub threads: Threads,
     pub session: Session,
     /// Descriptors opened by recorded calls (see `fds.rs`); standard input from the start.
-    pub fds: BTreeMap<c_int, FdKind>,
+    pub fds: crate::fds::Descriptors,
     /// What the import system saw (see `imports.rs`).
     pub imports: Option<crate::imports::ImportView>,
 }
@@ -45,7 +43,7 @@ pub enum Session {
 
 impl State {
     const fn new() -> Self {
-        State { threads: Threads::new(), session: Session::Idle, fds: BTreeMap::new(), imports: None }
+        State { threads: Threads::new(), session: Session::Idle, fds: crate::fds::Descriptors::new(), imports: None }
     }
 }
 
@@ -71,13 +69,19 @@ impl Threads {
 
     /// The calling thread's index: the one given when it was started through `_thread`
     /// (see `threads.rs`), or else assigned when it first reaches a hook.
-    #[inline]
+    #[inline(always)]
     pub fn current(&mut self) -> u32 {
         // SAFETY: the GIL is held (we are inside GilCell::with), so the thread state is valid.
         let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
         if id == self.last_id {
             return self.last_index;
         }
+        self.switch_to(id)
+    }
+
+    /// [`current`](Self::current) for a thread other than the last one seen.
+    #[inline(never)]
+    fn switch_to(&mut self, id: u64) -> u32 {
         let index = match self.by_id.get_or_insert_with(HashMap::new).get(&id) {
             Some(&index) => index,
             None => {
@@ -152,20 +156,26 @@ impl Recorder {
 
     /// Writes what must precede an event of `hook` from `thread`: the thread marker on a
     /// switch, and the function's definition the first time it appears.
-    #[inline]
+    #[inline(always)]
     pub fn begin(&mut self, thread: u32, hook: &Hook) {
         if self.enc.current_thread() != thread {
             self.enc.thread(thread);
         }
-        let id = hook.id as usize;
-        if !self.defined[id] {
-            self.defined[id] = true;
-            self.enc.fn_def(hook.id, hook.fn_flags(), hook.name);
+        if !self.defined[hook.id as usize] {
+            self.define(hook);
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn define(&mut self, hook: &Hook) {
+        self.defined[hook.id as usize] = true;
+        self.enc.fn_def(hook.id, hook.fn_flags(), hook.name);
     }
 
     /// Hands the chunk to the writer thread when it is full or a flush is due. Returns the
     /// writer's failure, after which the caller stops recording.
+    #[inline(always)]
     pub fn after_event(&mut self) -> Result<(), String> {
         if self.enc.is_full() || self.writer.flush_due() {
             self.submit()?;
@@ -173,6 +183,7 @@ impl Recorder {
         Ok(())
     }
 
+    #[inline(never)]
     pub fn submit(&mut self) -> Result<(), String> {
         if self.enc.is_empty() {
             return Ok(());

@@ -140,18 +140,26 @@ impl ChunkEncoder {
 
     // ---- events ----
 
-    /// Writes the chunk header if needed, then the op; counts the event.
-    #[inline]
+    /// Writes the chunk header if needed, then the op; counts the event. Inlined into every
+    /// event writer, with the rare chunk header out of line: an intercepted call's event is
+    /// then written by straight-line code in the hook (see `ARCHITECTURE.md`, hot path).
+    #[inline(always)]
     fn begin_event(&mut self, op: u8) {
         if !self.chunk_open {
-            self.chunk_open = true;
-            let elapsed_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            write_varint(&mut self.buf, self.events_written);
-            write_varint(&mut self.buf, elapsed_ns);
-            write_varint(&mut self.buf, u64::from(self.current_thread));
+            self.open_chunk();
         }
         self.buf.push(op);
         self.events_written += 1;
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn open_chunk(&mut self) {
+        self.chunk_open = true;
+        let elapsed_ns = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        write_varint(&mut self.buf, self.events_written);
+        write_varint(&mut self.buf, elapsed_ns);
+        write_varint(&mut self.buf, u64::from(self.current_thread));
     }
 
     /// A name in the events section: varint length, then the bytes.
@@ -162,13 +170,13 @@ impl ChunkEncoder {
     }
 
     /// A value's contents: varint length in the events section, the bytes in the payload.
-    #[inline]
+    #[inline(always)]
     fn payload_str(&mut self, bytes: &[u8]) {
         write_varint(&mut self.buf, bytes.len() as u64);
         self.payload.extend_from_slice(bytes);
     }
 
-    #[inline]
+    #[inline(always)]
     fn fn_and_digest(&mut self, fn_id: u32, digest: Option<u32>) {
         debug_assert!(
             match self.digest_expectations.get(fn_id as usize) {
@@ -187,7 +195,7 @@ impl ChunkEncoder {
     /// CALL. `digest` must be `Some` exactly when the fn was defined with
     /// [`FN_HAS_DIGEST`]. The caller then writes exactly one value: the result (which may be
     /// [`float_delta`](Self::float_delta) / [`int_delta`](Self::int_delta)).
-    #[inline]
+    #[inline(always)]
     pub fn call(&mut self, fn_id: u32, digest: Option<u32>) {
         self.begin_event(OP_CALL);
         self.fn_and_digest(fn_id, digest);
@@ -315,11 +323,11 @@ impl ChunkEncoder {
     }
 
     /// Returns the slot of `fn_id` (grown on demand), reset to 0 if stale.
-    #[inline]
+    #[inline(always)]
     fn delta_slot(&mut self, fn_id: u32) -> &mut DeltaSlot {
         let index = fn_id as usize;
         if index >= self.delta_slots.len() {
-            self.delta_slots.resize(index + 1, DeltaSlot::default());
+            self.grow_delta_slots(index + 1);
         }
         let generation = self.generation;
         let slot = &mut self.delta_slots[index];
@@ -332,10 +340,16 @@ impl ChunkEncoder {
         slot
     }
 
+    #[cold]
+    #[inline(never)]
+    fn grow_delta_slots(&mut self, len: usize) {
+        self.delta_slots.resize(len, DeltaSlot::default());
+    }
+
     /// A float as the top-level result of a CALL of `fn_id`: the difference of its bits from
     /// the fn's previous delta result in this chunk. Consecutive clock readings share sign,
     /// exponent and most mantissa bits, so the difference is a short varint.
-    #[inline]
+    #[inline(always)]
     pub fn float_delta(&mut self, fn_id: u32, v: f64) {
         let bits = v.to_bits();
         let slot = self.delta_slot(fn_id);
@@ -347,7 +361,7 @@ impl ChunkEncoder {
 
     /// An int as the top-level result of a CALL of `fn_id`, relative to the fn's previous
     /// delta result in this chunk.
-    #[inline]
+    #[inline(always)]
     pub fn int_delta(&mut self, fn_id: u32, v: i64) {
         let slot = self.delta_slot(fn_id);
         let delta = v.wrapping_sub(slot.bits as i64);
@@ -368,7 +382,7 @@ impl ChunkEncoder {
         self.payload_str(wtf8);
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn bytes(&mut self, v: &[u8]) {
         self.buf.push(TAG_BYTES);
         self.payload_str(v);
