@@ -4,8 +4,8 @@ use crate::codec::{decode_value, encode_call_result, type_name_bytes};
 use crate::exceptions::{raise_recorded, record_raise};
 use crate::hooks::Hook;
 use crate::session::{
-    mode, py, Divergence, Recorder, Replayed, Session, Taken, MODE, MODE_OFF, MODE_RECORD,
-    MODE_REPLAY, STATE,
+    mode, py, Divergence, Recorder, Replayed, Session, State, Taken, MODE, MODE_OFF,
+    MODE_RECORD, MODE_REPLAY, STATE,
 };
 use pyo3::ffi;
 use std::sync::atomic::Ordering;
@@ -29,10 +29,27 @@ pub unsafe fn boundary(
     digest: impl FnOnce() -> Option<u32>,
     invoke: impl FnOnce() -> *mut ffi::PyObject,
 ) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe { boundary_where(hook, |_| true, digest, invoke) }
+}
+
+/// [`boundary`] for a call that is a boundary only when `applies` says so of our state (a
+/// call on a descriptor, which must be tracked): answered in the same borrow of the state
+/// as the thread's gate, which a separate lookup would take again.
+///
+/// # Safety
+/// As for [`boundary`].
+#[inline(always)]
+pub unsafe fn boundary_where(
+    hook: &'static Hook,
+    applies: impl FnOnce(&State) -> bool,
+    digest: impl FnOnce() -> Option<u32>,
+    invoke: impl FnOnce() -> *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     // SAFETY: the GIL is held, per the caller's guarantee.
     unsafe {
         match mode() {
-            MODE_RECORD => match active_thread() {
+            MODE_RECORD => match active_thread_where(applies) {
                 // The thread found here is the one recording: looked up once per call.
                 Some(thread) => {
                     let d = digest();
@@ -42,7 +59,10 @@ pub unsafe fn boundary(
                 }
                 None => invoke(),
             },
-            MODE_REPLAY if is_active() => outcome_object(replay_take(hook, digest())),
+            MODE_REPLAY => match active_thread_where(applies) {
+                Some(_) => outcome_object(replay_take(hook, digest())),
+                None => invoke(),
+            },
             _ => invoke(),
         }
     }
@@ -156,6 +176,16 @@ pub unsafe fn is_active() -> bool {
 /// The GIL must be held.
 pub unsafe fn active_thread() -> Option<u32> {
     // SAFETY: per the caller's guarantee.
+    unsafe { active_thread_where(|_| true) }
+}
+
+/// [`active_thread`], when `applies` holds of our state.
+///
+/// # Safety
+/// The GIL must be held.
+#[inline(always)]
+unsafe fn active_thread_where(applies: impl FnOnce(&State) -> bool) -> Option<u32> {
+    // SAFETY: per the caller's guarantee.
     if unsafe { crate::debugger::foreign_call() } {
         return None;
     }
@@ -163,6 +193,9 @@ pub unsafe fn active_thread() -> Option<u32> {
     let py = unsafe { py() };
     STATE
         .with(py, |s| {
+            if !applies(s) {
+                return None;
+            }
             let thread = s.threads.current();
             (!s.threads.gate_open_for(thread)).then_some(thread)
         })

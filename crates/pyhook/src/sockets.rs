@@ -10,7 +10,7 @@
 
 use crate::calls::{InitCall, RawCall};
 use crate::codec::decode_value;
-use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take};
+use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take};
 use crate::exceptions::raise_recorded;
 use crate::fileio::keyword;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
@@ -205,12 +205,12 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
     unsafe {
         let original = hook.original();
         let fd = fd_field(call.slf());
-        if !is_tracked(fd) {
-            return call.call_original(original);
-        }
         let digest = || hook.digest(|| call.digest());
         match op {
-            SockOp::Plain => boundary(hook, digest, || call.call_original(original)),
+            // The most frequent socket calls (send, recv): the descriptor is looked up with
+            // the thread's gate, in one borrow of our state.
+            SockOp::Plain => boundary_where(hook, |s| s.fds.contains(fd), digest, || call.call_original(original)),
+            _ if !is_tracked(fd) => call.call_original(original),
             SockOp::ReadInto => crate::fileio::read_into(hook, call, 0),
             SockOp::Close => {
                 untrack(fd);
