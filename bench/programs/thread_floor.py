@@ -1,0 +1,37 @@
+# What a second thread costs a socket call, with nothing recorded: loopback round trips as
+# in socket_loop.py, timed in loops of N round trips (best and median of REPS), then again
+# after an idle thread has started. Once a process has two threads, glibc brackets every
+# send and recv with its asynchronous-cancellation switch; a recording always has its
+# writer thread, so this is part of the cost a recording adds to a socket call.
+#   python3 thread_floor.py [N] [REPS]
+import statistics
+import sys
+import threading
+import time
+
+from socket_loop import PING, PONG, connected_pair
+
+n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
+listener, client, server = connected_pair()
+now = time.perf_counter_ns
+
+
+def per_call():
+    start = now()
+    for _ in range(n):
+        client.send(PING)
+        server.recv(64)
+        server.send(PONG)
+        client.recv(64)
+    return (now() - start) / (4 * n)
+
+
+alone = [per_call() for _ in range(reps)]
+threading.Thread(target=threading.Event().wait, daemon=True).start()
+paired = [per_call() for _ in range(reps)]
+print(
+    f"ns per call: one thread {min(alone):.0f} (median {statistics.median(alone):.0f}); "
+    f"with an idle second thread +{min(paired) - min(alone):.0f} (best), "
+    f"+{statistics.median(paired) - statistics.median(alone):.0f} (median)"
+)
