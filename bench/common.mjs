@@ -44,10 +44,18 @@ export function stats(values) {
 
 /** Instructions the program runs (all threads), under callgrind. */
 export function instructions(python, args, env) {
-  const r = spawnSync('valgrind', ['--tool=callgrind', '--callgrind-out-file=/dev/null', python, ...args], {
+  const r = spawnSync('valgrind', [...CALLGRIND, python, ...args], {
     env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26,
   });
-  const m = /Collected : (\d+)/.exec(r.stderr ?? '');
-  if (r.status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${(r.stderr || String(r.error ?? '')).slice(-2000)}`);
+  return collectedInstructions(r.status, r.stderr || String(r.error ?? ''));
+}
+
+/** valgrind's arguments that count instructions (all threads) without writing a profile. */
+export const CALLGRIND = ['--tool=callgrind', '--callgrind-out-file=/dev/null'];
+
+/** The instruction count callgrind printed on stderr, for a run that exited `status`. */
+export function collectedInstructions(status, stderr) {
+  const m = /Collected : (\d+)/.exec(stderr ?? '');
+  if (status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${(stderr ?? '').slice(-2000)}`);
   return Number(m[1]);
 }

@@ -13,13 +13,13 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { hookEnv, instructions, programs, root, stats, timed, traceBytes } from './common.mjs';
+import { CALLGRIND, collectedInstructions, hookEnv, instructions, programs, root, stats, timed, traceBytes } from './common.mjs';
 import { INCUMBENT_PACKAGE, INCUMBENT_VERSION, incumbentRecord, incumbentReplay, probeIncumbent, setupIncumbent } from './incumbent.mjs';
 import { readerThroughput } from './reader.mjs';
 
 const WORKLOADS = [
   'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions', 'lock',
-  'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'startup', 'hook-startup', 'reader', 'incumbent',
+  'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'flask-instructions', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
 const cli = join(root, 'dist', 'cli.cjs');
@@ -219,12 +219,13 @@ const freePort = () => new Promise((resolve) => {
 
 /**
  * Starts the Flask app (`cmd prefix... flask_app.py port N`) and serves it N requests from
- * this process (a client that is not recorded); resolves to ms and the port it used.
+ * this process (a client that is not recorded); resolves to ms, the port it used, and the
+ * app's exit status and stderr.
  */
-async function serveFlask(cmd, prefix, env) {
+async function serveFlask(cmd, prefix, env, requests = flaskRequests) {
   const port = await freePort();
   const started = process.hrtime.bigint();
-  const child = spawn(cmd, [...prefix, join(programs, 'flask_app.py'), String(port), String(flaskRequests)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(cmd, [...prefix, join(programs, 'flask_app.py'), String(port), String(requests)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (c) => { stderr += c; });
   const exited = new Promise((resolve) => child.on('exit', resolve));
@@ -233,7 +234,7 @@ async function serveFlask(cmd, prefix, env) {
     exited.then((code) => { throw new Error(`flask_app.py exited ${code} before it was ready: ${stderr.slice(-2000)}`); }),
   ]);
   const ready = process.hrtime.bigint();
-  for (let i = 0; i < flaskRequests; i++) {
+  for (let i = 0; i < requests; i++) {
     const res = await fetch(`http://127.0.0.1:${port}/orders/${i}`);
     await res.text();
   }
@@ -242,7 +243,24 @@ async function serveFlask(cmd, prefix, env) {
   const end = process.hrtime.bigint();
   // The whole run, the start-up (imports, the database) to the first request, and the
   // request loop from there to the exit.
-  return { ms: Number(end - started) / 1e6, startupMs: Number(ready - started) / 1e6, loopMs: Number(end - ready) / 1e6, port };
+  return { ms: Number(end - started) / 1e6, startupMs: Number(ready - started) / 1e6, loopMs: Number(end - ready) / 1e6, port, code, stderr };
+}
+
+if (selected('flask-instructions')) {
+  // The request loop in instructions (all threads, under callgrind): serving N requests minus
+  // serving none, plain and recorded. Wall time on this VM swings more than the 10% target;
+  // instructions do not.
+  const requests = Number(option('--flask-instruction-requests', '100'));
+  const count = async (env, n) => {
+    const run = await serveFlask('valgrind', [...CALLGRIND, python], env, n);
+    return collectedInstructions(run.code, run.stderr);
+  };
+  const plain = (await count(process.env, requests)) - (await count(process.env, 0));
+  const dirs = [freshDir(), freshDir()];
+  const recorded = (await count(hookEnv('record', dirs[0]), requests)) - (await count(hookEnv('record', dirs[1]), 0));
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  report('flask request loop instructions: recorded / plain', 'ratio', [recorded / plain], { requests, plainPerRequest: plain / requests });
+  report('flask request: instructions added per request (record)', 'instr', [(recorded - plain) / requests], { requests });
 }
 
 if (selected('flask')) {

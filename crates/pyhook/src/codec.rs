@@ -235,8 +235,16 @@ unsafe fn is_encodable_container(obj: *mut ffi::PyObject, depth: u32) -> bool {
             }
             return true;
         }
-        match StructSeq::of(obj) {
-            Some(s) => is_encodable(s.state, depth + 1),
+        // A struct sequence holds all its fields, the hidden ones after the visible ones,
+        // in the tuple's item array: checked in place, at the depth they take in the
+        // `(visible, {hidden})` state that `encode_object` writes. Its `__reduce__`, which
+        // builds that state, was most of the cost of recording a `time.localtime()`.
+        match StructSeq::field_count(obj) {
+            Some(_) if depth + 2 > MAX_DEPTH => false,
+            Some(n) => {
+                let items = (*(obj as *mut ffi::PyTupleObject)).ob_item.as_ptr();
+                (0..n).all(|i| is_encodable(*items.add(i), depth + 3))
+            }
             None => false,
         }
     }
@@ -249,19 +257,39 @@ struct StructSeq {
 }
 
 impl StructSeq {
+    /// The number of fields (visible and hidden) when `obj` is a struct sequence.
+    ///
+    /// # Safety
+    /// GIL held, `obj` live.
+    unsafe fn field_count(obj: *mut ffi::PyObject) -> Option<usize> {
+        // SAFETY: a struct sequence type is a direct tuple subclass with `n_fields` in its
+        // dict, and allocates that many items (`ob_size` counts the visible ones).
+        unsafe {
+            let ty = ffi::Py_TYPE(obj);
+            if (*ty).tp_base != std::ptr::addr_of_mut!(ffi::PyTuple_Type) || (*ty).tp_dict.is_null() {
+                return None;
+            }
+            let key = pyo3::intern!(pyo3::Python::assume_attached(), "n_fields");
+            let n = ffi::PyDict_GetItemWithError((*ty).tp_dict, key.as_ptr());
+            if n.is_null() {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            let n = ffi::PyLong_AsSsize_t(n);
+            if n < ffi::PyTuple_GET_SIZE(obj) {
+                ffi::PyErr_Clear();
+                return None;
+            }
+            Some(n as usize)
+        }
+    }
+
     /// # Safety
     /// GIL held, `obj` live.
     unsafe fn of(obj: *mut ffi::PyObject) -> Option<StructSeq> {
-        // SAFETY: a struct sequence type is a direct tuple subclass with `n_fields` in its
-        // dict; its C `__reduce__` returns (type, (tuple, dict)) and runs no user code.
+        // SAFETY: its C `__reduce__` returns (type, (tuple, dict)) and runs no user code.
         unsafe {
-            let ty = ffi::Py_TYPE(obj);
-            if (*ty).tp_base != std::ptr::addr_of_mut!(ffi::PyTuple_Type)
-                || (*ty).tp_dict.is_null()
-                || ffi::PyDict_GetItemString((*ty).tp_dict, c"n_fields".as_ptr()).is_null()
-            {
-                return None;
-            }
+            StructSeq::field_count(obj)?;
             let reduced = ffi::PyObject_CallMethod(obj, c"__reduce__".as_ptr(), std::ptr::null());
             if reduced.is_null() {
                 ffi::PyErr_Clear();
@@ -293,8 +321,9 @@ impl Drop for StructSeq {
 pub unsafe fn qualified_name(ty: *mut ffi::PyObject) -> String {
     // SAFETY: __module__/__qualname__ of a type object.
     unsafe {
-        let part = |name: &std::ffi::CStr| {
-            let v = ffi::PyObject_GetAttrString(ty, name.as_ptr());
+        let py = pyo3::Python::assume_attached();
+        let part = |name: &pyo3::Bound<'_, pyo3::types::PyString>| {
+            let v = ffi::PyObject_GetAttr(ty, name.as_ptr());
             if v.is_null() {
                 ffi::PyErr_Clear();
                 return None;
@@ -303,8 +332,8 @@ pub unsafe fn qualified_name(ty: *mut ffi::PyObject) -> String {
             ffi::Py_DECREF(v);
             s
         };
-        let module = part(c"__module__").unwrap_or_else(|| "builtins".to_owned());
-        let qualname = part(c"__qualname__").unwrap_or_else(|| "object".to_owned());
+        let module = part(pyo3::intern!(py, "__module__")).unwrap_or_else(|| "builtins".to_owned());
+        let qualname = part(pyo3::intern!(py, "__qualname__")).unwrap_or_else(|| "object".to_owned());
         format!("{module}:{qualname}")
     }
 }

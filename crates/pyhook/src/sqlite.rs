@@ -87,8 +87,11 @@ pub enum CallbackKind {
 }
 
 /// The cursor state a statement leaves behind, read after the real call and written back
-/// at replay: (`description`, `rowcount`, `lastrowid`).
-const CURSOR_STATE: [&std::ffi::CStr; 3] = [c"description", c"rowcount", c"lastrowid"];
+/// at replay: (`description`, `rowcount`, `lastrowid`). Interned once: a name made from a C
+/// string on every read was most of the read's cost.
+fn cursor_state_names(py: Python<'_>) -> [&Bound<'_, pyo3::types::PyString>; 3] {
+    [pyo3::intern!(py, "description"), pyo3::intern!(py, "rowcount"), pyo3::intern!(py, "lastrowid")]
+}
 
 /// `Connection.__init__(database, ...)`.
 ///
@@ -207,8 +210,14 @@ unsafe fn execute(hook: &'static Hook, op: SqliteOp, call: RawCall, digest: Opti
         if mode() == MODE_RECORD {
             // The cursor picks its converters while the statement runs, and the parameters
             // are adapted then: both get marks, and the parameter sets are followed.
-            let swapped = swap_marks(c"converters", true);
-            let swapped_adapters = swap_marks(c"adapters", false);
+            let swapped = swap_marks(true, None);
+            // One parameter set: only the adapters of its values' types can run. Many sets
+            // (an iterator, consumed by the statement): any of them.
+            let types = if many { None } else { params.as_ref().and_then(param_types) };
+            let swapped_adapters = match (&params, types.as_deref()) {
+                (None, _) | (_, Some([])) => Vec::new(),
+                (Some(_), types) => swap_marks(false, types),
+            };
             let param_iter = if many { params.as_ref().and_then(|p| p.try_iter().ok()) } else { None };
             let saved = PARAMS.with(|p| p.replace(Params { set: if many { None } else { params.as_ref().map(|p| p.clone().unbind()) }, iter: None }));
             let cursor = match param_iter.map(|it| Bound::new(py, ParamIter { it: it.into_any().unbind() })) {
@@ -219,8 +228,8 @@ unsafe fn execute(hook: &'static Hook, op: SqliteOp, call: RawCall, digest: Opti
                 }
             };
             PARAMS.with(|p| p.replace(saved));
-            restore_marks(c"converters", swapped);
-            restore_marks(c"adapters", swapped_adapters);
+            restore_marks(true, swapped);
+            restore_marks(false, swapped_adapters);
             if cursor.is_null() {
                 record_outcome(hook, digest, cursor);
                 return cursor;
@@ -266,9 +275,10 @@ unsafe fn execute(hook: &'static Hook, op: SqliteOp, call: RawCall, digest: Opti
 unsafe fn read_state(cursor: *mut ffi::PyObject) -> *mut ffi::PyObject {
     // SAFETY: attribute reads of a cursor's members.
     unsafe {
-        let state = ffi::PyTuple_New(CURSOR_STATE.len() as ffi::Py_ssize_t);
-        for (i, name) in CURSOR_STATE.iter().enumerate() {
-            let mut v = ffi::PyObject_GetAttrString(cursor, name.as_ptr());
+        let names = cursor_state_names(py());
+        let state = ffi::PyTuple_New(names.len() as ffi::Py_ssize_t);
+        for (i, name) in names.iter().enumerate() {
+            let mut v = ffi::PyObject_GetAttr(cursor, name.as_ptr());
             if v.is_null() {
                 ffi::PyErr_Clear();
                 v = crate::codec::new_ref(ffi::Py_None());
@@ -294,10 +304,10 @@ unsafe fn write_state(cursor: *mut ffi::PyObject, state: &Value) {
     unsafe {
         let Value::Tuple(values) = state else { return };
         let ty = ffi::Py_TYPE(cursor) as *mut ffi::PyObject;
-        for (name, value) in CURSOR_STATE.iter().zip(values) {
+        for (name, value) in cursor_state_names(py()).iter().zip(values) {
             // Looked up on the type (through its bases, for subclasses): a member
             // descriptor read from its class is the descriptor itself.
-            let descr = ffi::PyObject_GetAttrString(ty, name.as_ptr());
+            let descr = ffi::PyObject_GetAttr(ty, name.as_ptr());
             if descr.is_null() {
                 ffi::PyErr_Clear();
                 continue;
@@ -348,7 +358,7 @@ unsafe fn fetch(hook: &'static Hook, cursor: *mut ffi::PyObject, digest: Option<
     unsafe {
         let py = py();
         let cursor_obj = Bound::from_borrowed_ptr(py, cursor);
-        let factory = cursor_obj.getattr("row_factory").ok().filter(|f| !f.is_none());
+        let factory = cursor_obj.getattr(pyo3::intern!(py, "row_factory")).ok().filter(|f| !f.is_none());
         let (raw, plan) = if mode() == MODE_RECORD {
             match fetch_recorded(hook, &cursor_obj, factory.is_some(), digest, live) {
                 Some(fetched) => fetched,
@@ -403,18 +413,18 @@ unsafe fn fetch_recorded<'py>(
     // SAFETY: see the function's contract.
     unsafe {
         let py = cursor.py();
-        let factory = if has_factory { cursor.getattr("row_factory").ok() } else { None };
+        let factory = if has_factory { cursor.getattr(pyo3::intern!(py, "row_factory")).ok() } else { None };
         if factory.is_some() {
-            let _ = cursor.setattr("row_factory", py.None());
+            let _ = cursor.setattr(pyo3::intern!(py, "row_factory"), py.None());
         }
         // `str` and `bytes` are decoded by the C code itself; anything else is a callable.
-        let connection = cursor.getattr("connection").ok();
-        let text_factory = connection.as_ref().and_then(|c| c.getattr("text_factory").ok()).filter(|tf| {
+        let connection = cursor.getattr(pyo3::intern!(py, "connection")).ok();
+        let text_factory = connection.as_ref().and_then(|c| c.getattr(pyo3::intern!(py, "text_factory")).ok()).filter(|tf| {
             !(tf.is(py.get_type::<pyo3::types::PyString>()) || tf.is(py.get_type::<pyo3::types::PyBytes>()))
         });
         if let (Some(conn), Some(tf)) = (&connection, &text_factory) {
             if let Ok(mark) = Bound::new(py, ConverterMark { name: None, func: tf.clone().unbind() }) {
-                let _ = conn.setattr("text_factory", mark);
+                let _ = conn.setattr(pyo3::intern!(py, "text_factory"), mark);
             }
         }
         let before = read_state(cursor.as_ptr());
@@ -424,10 +434,10 @@ unsafe fn fetch_recorded<'py>(
         // Put the factories back whatever happened, keeping the call's own exception.
         let pending = pyo3::PyErr::take(py);
         if let Some(f) = &factory {
-            let _ = cursor.setattr("row_factory", f);
+            let _ = cursor.setattr(pyo3::intern!(py, "row_factory"), f);
         }
         if let (Some(conn), Some(tf)) = (&connection, &text_factory) {
-            let _ = conn.setattr("text_factory", tf);
+            let _ = conn.setattr(pyo3::intern!(py, "text_factory"), tf);
         }
         if let Some(e) = pending {
             e.restore(py);
@@ -1053,23 +1063,33 @@ pub unsafe fn replay_callback(handle: u32, args: &Value) -> CallbackEnd {
 
 /// `_sqlite3.converters`, the dict the C code looks converters up in.
 fn converters(py: Python<'_>) -> Option<Bound<'_, PyDict>> {
-    module_dict(py, c"converters")
+    module_dict(py, marks_dict_name(py, true))
 }
 
-/// A dict of the `_sqlite3` module (already imported: we are in one of its hooks).
-fn module_dict<'py>(py: Python<'py>, name: &std::ffi::CStr) -> Option<Bound<'py, PyDict>> {
-    let modules = py.import("sys").ok()?.getattr("modules").ok()?;
-    let module = modules.get_item("_sqlite3").ok()?;
-    module.getattr(name.to_str().ok()?).ok()?.cast_into::<PyDict>().ok()
+/// The `_sqlite3` module, from `sys.modules` (already imported: we are in one of its
+/// hooks). Looked up directly: `import sys` through the import system, on every statement,
+/// was a large part of what recording one cost.
+fn sqlite_module(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    let name = pyo3::intern!(py, "_sqlite3");
+    // SAFETY: the GIL is held (we have a token); PyImport_GetModule returns a new reference
+    // or NULL, with an exception set only on a lookup error.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyImport_GetModule(name.as_ptr())) }
+}
+
+/// A dict of the `_sqlite3` module: `converters` or `adapters`.
+fn module_dict<'py>(py: Python<'py>, name: &Bound<'py, pyo3::types::PyString>) -> Option<Bound<'py, PyDict>> {
+    let dict = sqlite_module(py).and_then(|m| m.getattr(name)).ok()?.cast_into::<PyDict>().ok();
+    PyErr::take(py);
+    dict
 }
 
 /// Replaces every value of `_sqlite3.converters` (or `.adapters`) by a [`ConverterMark`]
 /// (or [`AdapterMark`]) while a recorded statement runs: the cursor takes its converters,
 /// and adapts its parameters, then. Returns what to put back.
-fn swap_marks(dict_name: &std::ffi::CStr, converters: bool) -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+fn swap_marks(converters: bool, only_types: Option<&[*mut ffi::PyTypeObject]>) -> Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
     // SAFETY: called from a hook, with the GIL held.
     let py = unsafe { py() };
-    let Some(dict) = module_dict(py, dict_name) else { return Vec::new() };
+    let Some(dict) = module_dict(py, marks_dict_name(py, converters)) else { return Vec::new() };
     if dict.is_empty() {
         return Vec::new();
     }
@@ -1077,6 +1097,14 @@ fn swap_marks(dict_name: &std::ffi::CStr, converters: bool) -> Vec<(Py<PyAny>, P
     for (name, func) in dict.iter().collect::<Vec<_>>() {
         if func.is_instance_of::<ConverterMark>() || func.is_instance_of::<AdapterMark>() {
             continue;
+        }
+        if let Some(types) = only_types {
+            // An adapter's key is (type, protocol), looked up with the exact type of the
+            // value being bound.
+            let key_type = name.cast::<PyTuple>().ok().and_then(|k| k.get_item(0).ok());
+            if !key_type.is_some_and(|t| types.contains(&t.as_ptr().cast())) {
+                continue;
+            }
         }
         let mark = if converters {
             Bound::new(py, ConverterMark { name: Some(name.clone().unbind()), func: func.clone().unbind() }).map(Bound::into_any)
@@ -1091,7 +1119,7 @@ fn swap_marks(dict_name: &std::ffi::CStr, converters: bool) -> Vec<(Py<PyAny>, P
     swapped
 }
 
-fn restore_marks(dict_name: &std::ffi::CStr, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
+fn restore_marks(converters: bool, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
     if swapped.is_empty() {
         return;
     }
@@ -1099,12 +1127,37 @@ fn restore_marks(dict_name: &std::ffi::CStr, swapped: Vec<(Py<PyAny>, Py<PyAny>,
     let py = unsafe { py() };
     // The statement's own exception waits while we look the dict up.
     let pending = PyErr::take(py);
-    if let Some(dict) = module_dict(py, dict_name) {
+    if let Some(dict) = module_dict(py, marks_dict_name(py, converters)) {
         restore_into(py, &dict, swapped);
     }
     if let Some(e) = pending {
         e.restore(py);
     }
+}
+
+fn marks_dict_name(py: Python<'_>, converters: bool) -> &Bound<'_, pyo3::types::PyString> {
+    if converters {
+        pyo3::intern!(py, "converters")
+    } else {
+        pyo3::intern!(py, "adapters")
+    }
+}
+
+/// The exact types of the values of one parameter set (a sequence or a mapping), the only
+/// types whose adapters the statement can call; None when they cannot be listed.
+fn param_types(set: &Bound<'_, PyAny>) -> Option<Vec<*mut ffi::PyTypeObject>> {
+    let values = match set.cast::<PyDict>() {
+        Ok(d) => d.values().into_any(),
+        Err(_) => set.clone(),
+    };
+    let types = if let Ok(t) = values.cast::<PyTuple>() {
+        t.iter().map(|v| v.get_type().as_type_ptr()).collect()
+    } else if let Ok(l) = values.cast::<PyList>() {
+        l.iter().map(|v| v.get_type().as_type_ptr()).collect()
+    } else {
+        return None;
+    };
+    Some(types)
 }
 
 fn restore_into(py: Python<'_>, dict: &Bound<'_, PyDict>, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>)>) {
@@ -1227,9 +1280,9 @@ fn replay_params_callback(py: Python<'_>, handle: u32, call_args: &Bound<'_, PyT
     let set = PARAMS.with(|p| p.borrow().set.as_ref().map(|s| s.clone_ref(py)));
     let (Some(set), Ok(key)) = (set, call_args.get_item(0)) else { return Ok(()) };
     let obj = set.bind(py).get_item(key)?;
-    let module = py.import("sys")?.getattr("modules")?.get_item("_sqlite3")?;
-    let key = (obj.get_type(), module.getattr("PrepareProtocol")?);
-    if let Some(adapter) = module.getattr("adapters")?.cast_into::<PyDict>()?.get_item(key)? {
+    let module = sqlite_module(py)?;
+    let key = (obj.get_type(), module.getattr(pyo3::intern!(py, "PrepareProtocol"))?);
+    if let Some(adapter) = module.getattr(pyo3::intern!(py, "adapters"))?.cast_into::<PyDict>()?.get_item(key)? {
         adapter.call1((obj,))?;
     }
     Ok(())
