@@ -251,10 +251,11 @@ unsafe fn is_encodable_container(obj: *mut ffi::PyObject, depth: u32) -> bool {
 }
 
 /// A struct sequence (`os.stat_result`, `time.struct_time`, `os.times_result`...), which
-/// is stored as its type's name and the arguments `__reduce__` gives to rebuild it.
-struct StructSeq {
-    state: *mut ffi::PyObject,
-}
+/// is stored as its type's name and the arguments its `__reduce__` gives to rebuild it:
+/// `((visible fields...), {hidden field name: value})`. Read from the object directly:
+/// calling `__reduce__` (which builds that tuple and dict) was most of the cost of recording
+/// a `time.localtime()`.
+struct StructSeq;
 
 impl StructSeq {
     /// The number of fields (visible and hidden) when `obj` is a struct sequence.
@@ -269,14 +270,21 @@ impl StructSeq {
             if (*ty).tp_base != std::ptr::addr_of_mut!(ffi::PyTuple_Type) || (*ty).tp_dict.is_null() {
                 return None;
             }
-            let key = pyo3::intern!(pyo3::Python::assume_attached(), "n_fields");
+            let n = Self::type_count(ty, pyo3::intern!(pyo3::Python::assume_attached(), "n_fields"))?;
+            (n >= ffi::PyTuple_GET_SIZE(obj) as usize).then_some(n)
+        }
+    }
+
+    /// An int its type keeps in its dict (`n_fields`, `n_unnamed_fields`).
+    ///
+    /// # Safety
+    /// GIL held, `ty` a live type with a dict.
+    unsafe fn type_count(ty: *mut ffi::PyTypeObject, key: &pyo3::Bound<'_, pyo3::types::PyString>) -> Option<usize> {
+        // SAFETY: per the function's contract; the value is borrowed from the dict.
+        unsafe {
             let n = ffi::PyDict_GetItemWithError((*ty).tp_dict, key.as_ptr());
-            if n.is_null() {
-                ffi::PyErr_Clear();
-                return None;
-            }
-            let n = ffi::PyLong_AsSsize_t(n);
-            if n < ffi::PyTuple_GET_SIZE(obj) {
+            let n = if n.is_null() { -1 } else { ffi::PyLong_AsSsize_t(n) };
+            if n < 0 {
                 ffi::PyErr_Clear();
                 return None;
             }
@@ -284,33 +292,41 @@ impl StructSeq {
         }
     }
 
+    /// Writes `obj`'s rebuilding state, as `__reduce__` gives it; false (nothing written)
+    /// when a hidden field's name cannot be found.
+    ///
     /// # Safety
-    /// GIL held, `obj` live.
-    unsafe fn of(obj: *mut ffi::PyObject) -> Option<StructSeq> {
-        // SAFETY: its C `__reduce__` returns (type, (tuple, dict)) and runs no user code.
+    /// GIL held; `obj` a struct sequence with `fields` fields ([`field_count`]).
+    unsafe fn encode_state(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, fields: usize) -> bool {
+        // SAFETY: the items are the object's own; member names are static C strings of its
+        // type. Hidden field i is named by member i - n_unnamed_fields (unnamed fields have no
+        // member), as in CPython's `structseq_reduce`.
         unsafe {
-            StructSeq::field_count(obj)?;
-            let reduced = ffi::PyObject_CallMethod(obj, c"__reduce__".as_ptr(), std::ptr::null());
-            if reduced.is_null() {
-                ffi::PyErr_Clear();
-                return None;
+            let ty = ffi::Py_TYPE(obj);
+            let visible = ffi::PyTuple_GET_SIZE(obj) as usize;
+            let items = (*(obj as *mut ffi::PyTupleObject)).ob_item.as_ptr();
+            let unnamed = Self::type_count(ty, pyo3::intern!(pyo3::Python::assume_attached(), "n_unnamed_fields")).unwrap_or(0);
+            let members = (*ty).tp_members;
+            let mut names = Vec::with_capacity(fields - visible);
+            for i in visible..fields {
+                let Some(m) = i.checked_sub(unnamed) else { return false };
+                if members.is_null() || (*members.add(m)).name.is_null() {
+                    return false;
+                }
+                names.push(std::ffi::CStr::from_ptr((*members.add(m)).name));
             }
-            let state = if ffi::PyTuple_Check(reduced) != 0 && ffi::PyTuple_GET_SIZE(reduced) == 2 {
-                ffi::PyTuple_GET_ITEM(reduced, 1)
-            } else {
-                std::ptr::null_mut()
-            };
-            ffi::Py_XINCREF(state);
-            ffi::Py_DECREF(reduced);
-            (!state.is_null()).then_some(StructSeq { state })
+            enc.tuple(2);
+            enc.tuple(visible);
+            for i in 0..visible {
+                encode_object(enc, *items.add(i), None);
+            }
+            enc.dict(fields - visible);
+            for (name, i) in names.iter().zip(visible..fields) {
+                enc.str(&name.to_string_lossy());
+                encode_object(enc, *items.add(i), None);
+            }
+            true
         }
-    }
-}
-
-impl Drop for StructSeq {
-    fn drop(&mut self) {
-        // SAFETY: we own one reference to `state`, and StructSeq only lives with the GIL held.
-        unsafe { ffi::Py_DECREF(self.state) };
     }
 }
 
@@ -480,9 +496,11 @@ pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, del
                 encode_object(enc, k, None);
                 encode_object(enc, v, None);
             }
-        } else if let Some(s) = StructSeq::of(obj) {
+        } else if let Some(fields) = StructSeq::field_count(obj) {
             enc.object(&qualified_name(ffi::Py_TYPE(obj) as *mut ffi::PyObject));
-            encode_object(enc, s.state, None);
+            if !StructSeq::encode_state(enc, obj, fields) {
+                enc.none();
+            }
         } else {
             enc.none();
         }
