@@ -239,12 +239,9 @@ unsafe fn is_encodable_container(obj: *mut ffi::PyObject, depth: u32) -> bool {
         // in the tuple's item array: checked in place, at the depth they take in the
         // `(visible, {hidden})` state that `encode_object` writes. Its `__reduce__`, which
         // builds that state, was most of the cost of recording a `time.localtime()`.
-        match StructSeq::field_count(obj) {
+        match StructSeq::of(obj) {
             Some(_) if depth + 2 > MAX_DEPTH => false,
-            Some(n) => {
-                let items = (*(obj as *mut ffi::PyTupleObject)).ob_item.as_ptr();
-                (0..n).all(|i| is_encodable(*items.add(i), depth + 3))
-            }
+            Some(seq) => (0..seq.fields).all(|i| is_encodable(StructSeq::field(obj, i), depth + 3)),
             None => false,
         }
     }
@@ -255,23 +252,39 @@ unsafe fn is_encodable_container(obj: *mut ffi::PyObject, depth: u32) -> bool {
 /// `((visible fields...), {hidden field name: value})`. Read from the object directly:
 /// calling `__reduce__` (which builds that tuple and dict) was most of the cost of recording
 /// a `time.localtime()`.
-struct StructSeq;
+struct StructSeq {
+    /// All fields, visible and hidden: the tuple's item array holds this many.
+    fields: usize,
+    /// `ob_size`: the fields the tuple shows.
+    visible: usize,
+    /// Fields without a name (and without a member); hidden field i is named by member
+    /// `i - unnamed`, as in CPython's `structseq_reduce`.
+    unnamed: usize,
+}
 
 impl StructSeq {
-    /// The number of fields (visible and hidden) when `obj` is a struct sequence.
+    /// `obj`'s layout when it is a struct sequence whose hidden fields all have names, so
+    /// that its state can be written in full.
     ///
     /// # Safety
     /// GIL held, `obj` live.
-    unsafe fn field_count(obj: *mut ffi::PyObject) -> Option<usize> {
-        // SAFETY: a struct sequence type is a direct tuple subclass with `n_fields` in its
-        // dict, and allocates that many items (`ob_size` counts the visible ones).
+    unsafe fn of(obj: *mut ffi::PyObject) -> Option<StructSeq> {
+        // SAFETY: a struct sequence type is a direct tuple subclass with `n_fields` and
+        // `n_unnamed_fields` in its dict, and allocates `n_fields` items (`ob_size` counts the
+        // visible ones); its members are static definitions of the type.
         unsafe {
             let ty = ffi::Py_TYPE(obj);
             if (*ty).tp_base != std::ptr::addr_of_mut!(ffi::PyTuple_Type) || (*ty).tp_dict.is_null() {
                 return None;
             }
-            let n = Self::type_count(ty, pyo3::intern!(pyo3::Python::assume_attached(), "n_fields"))?;
-            (n >= ffi::PyTuple_GET_SIZE(obj) as usize).then_some(n)
+            let py = pyo3::Python::assume_attached();
+            let fields = Self::type_count(ty, pyo3::intern!(py, "n_fields"))?;
+            let unnamed = Self::type_count(ty, pyo3::intern!(py, "n_unnamed_fields")).unwrap_or(0);
+            let visible = ffi::PyTuple_GET_SIZE(obj) as usize;
+            let members = (*ty).tp_members;
+            let named = |i: usize| i.checked_sub(unnamed).is_some_and(|m| !(*members.add(m)).name.is_null());
+            (fields >= visible && (visible == fields || (!members.is_null() && (visible..fields).all(named))))
+                .then_some(StructSeq { fields, visible, unnamed })
         }
     }
 
@@ -292,40 +305,34 @@ impl StructSeq {
         }
     }
 
-    /// Writes `obj`'s rebuilding state, as `__reduce__` gives it; false (nothing written)
-    /// when a hidden field's name cannot be found.
+    /// The field at `i` (visible or hidden).
     ///
     /// # Safety
-    /// GIL held; `obj` a struct sequence with `fields` fields ([`field_count`]).
-    unsafe fn encode_state(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, fields: usize) -> bool {
+    /// `obj` is the struct sequence this layout was read from, and `i < self.fields`.
+    unsafe fn field(obj: *mut ffi::PyObject, i: usize) -> *mut ffi::PyObject {
+        // SAFETY: per the function's contract.
+        unsafe { *(*(obj as *mut ffi::PyTupleObject)).ob_item.as_ptr().add(i) }
+    }
+
+    /// Writes `obj`'s rebuilding state, as `__reduce__` gives it.
+    ///
+    /// # Safety
+    /// GIL held; `obj` the struct sequence this layout was read from ([`StructSeq::of`]).
+    unsafe fn encode_state(&self, enc: &mut ChunkEncoder, obj: *mut ffi::PyObject) {
         // SAFETY: the items are the object's own; member names are static C strings of its
-        // type. Hidden field i is named by member i - n_unnamed_fields (unnamed fields have no
-        // member), as in CPython's `structseq_reduce`.
+        // type, checked present by `of`.
         unsafe {
-            let ty = ffi::Py_TYPE(obj);
-            let visible = ffi::PyTuple_GET_SIZE(obj) as usize;
-            let items = (*(obj as *mut ffi::PyTupleObject)).ob_item.as_ptr();
-            let unnamed = Self::type_count(ty, pyo3::intern!(pyo3::Python::assume_attached(), "n_unnamed_fields")).unwrap_or(0);
-            let members = (*ty).tp_members;
-            let mut names = Vec::with_capacity(fields - visible);
-            for i in visible..fields {
-                let Some(m) = i.checked_sub(unnamed) else { return false };
-                if members.is_null() || (*members.add(m)).name.is_null() {
-                    return false;
-                }
-                names.push(std::ffi::CStr::from_ptr((*members.add(m)).name));
-            }
+            let members = (*ffi::Py_TYPE(obj)).tp_members;
             enc.tuple(2);
-            enc.tuple(visible);
-            for i in 0..visible {
-                encode_object(enc, *items.add(i), None);
+            enc.tuple(self.visible);
+            for i in 0..self.visible {
+                encode_object(enc, Self::field(obj, i), None);
             }
-            enc.dict(fields - visible);
-            for (name, i) in names.iter().zip(visible..fields) {
-                enc.str(&name.to_string_lossy());
-                encode_object(enc, *items.add(i), None);
+            enc.dict(self.fields - self.visible);
+            for i in self.visible..self.fields {
+                enc.str(&std::ffi::CStr::from_ptr((*members.add(i - self.unnamed)).name).to_string_lossy());
+                encode_object(enc, Self::field(obj, i), None);
             }
-            true
         }
     }
 }
@@ -496,11 +503,9 @@ pub unsafe fn encode_object(enc: &mut ChunkEncoder, obj: *mut ffi::PyObject, del
                 encode_object(enc, k, None);
                 encode_object(enc, v, None);
             }
-        } else if let Some(fields) = StructSeq::field_count(obj) {
+        } else if let Some(seq) = StructSeq::of(obj) {
             enc.object(&qualified_name(ffi::Py_TYPE(obj) as *mut ffi::PyObject));
-            if !StructSeq::encode_state(enc, obj, fields) {
-                enc.none();
-            }
+            seq.encode_state(enc, obj);
         } else {
             enc.none();
         }

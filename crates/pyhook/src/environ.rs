@@ -190,33 +190,36 @@ fn remember_secret(value: &[u8]) {
 pub fn as_replay_sees(text: &[u8], feed: impl FnOnce(&[u8])) {
     // SAFETY: digests are computed in hooks, with the GIL held.
     let py = unsafe { crate::session::py() };
-    let replaced = SECRETS
-        .with(py, |secrets| {
-            let mut out: Option<Vec<u8>> = None;
-            for secret in secrets.iter() {
-                let current = out.as_deref().unwrap_or(text);
-                let Some(first) = secret.find(current) else {
-                    continue;
-                };
-                let mut next = Vec::with_capacity(current.len());
-                let mut rest = current;
-                let mut found = Some(first);
-                while let Some(at) = found {
-                    next.extend_from_slice(&rest[..at]);
-                    next.extend(std::iter::repeat_n(b'*', secret.needle().len()));
-                    rest = &rest[at + secret.needle().len()..];
-                    found = secret.find(rest);
-                }
-                next.extend_from_slice(rest);
-                out = Some(next);
-            }
-            out
-        })
-        .flatten();
+    let replaced = SECRETS.with(py, |secrets| masked(text, secrets)).flatten();
     match replaced {
         Some(bytes) => feed(&bytes),
         None => feed(text),
     }
+}
+
+/// `text` with every occurrence of each secret replaced by as many `*`s, secrets taken in
+/// order; None when none occurs (the common case, which allocates nothing).
+fn masked(text: &[u8], secrets: &[Finder<'_>]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for secret in secrets {
+        let current = out.as_deref().unwrap_or(text);
+        let Some(first) = secret.find(current) else {
+            continue;
+        };
+        let len = secret.needle().len();
+        let mut next = Vec::with_capacity(current.len());
+        let mut rest = current;
+        let mut found = Some(first);
+        while let Some(at) = found {
+            next.extend_from_slice(&rest[..at]);
+            next.extend(std::iter::repeat_n(b'*', len));
+            rest = &rest[at + len..];
+            found = secret.find(rest);
+        }
+        next.extend_from_slice(rest);
+        out = Some(next);
+    }
+    out
 }
 
 /// Where the password is in a URL that carries one (`scheme://user:password@host...`),
@@ -258,6 +261,22 @@ mod tests {
         for name in ["HOME", "PATH", "LANG", "PWD", "ORDER_FILE"] {
             assert!(!is_secret_name(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn masking_replaces_every_occurrence_of_each_secret() {
+        use super::masked;
+        use memchr::memmem::Finder;
+        let secrets = [Finder::new(b"s3cret"), Finder::new(b"tok")];
+        assert_eq!(masked(b"nothing here", &secrets), None);
+        assert_eq!(masked(b"s3cret", &secrets).unwrap(), b"******");
+        assert_eq!(
+            masked(b"a=s3cret&b=s3crets3cret;tok", &secrets).unwrap(),
+            b"a=******&b=************;***"
+        );
+        // Occurrences do not overlap: the leftmost wins, as a scan from the start finds them.
+        assert_eq!(masked(b"aaaa", &[Finder::new(b"aaa")]).unwrap(), b"***a");
+        assert_eq!(masked(b"", &secrets), None);
     }
 
     #[test]
