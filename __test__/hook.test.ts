@@ -83,6 +83,8 @@ test("install-hook, then RETRACE=1 records like `retrace record`; the CLI and `p
   const venv = await makeVenv("hook-e2e");
   await install(t, venv);
   await writeApp(venv.dir);
+  // The trace writer program comes along, runnable (crates/recorder/src/writer.rs).
+  t.not(statSync(join(venv.site, "retrace", "retrace-writer")).mode & 0o111, 0);
 
   const rec = join(venv.dir, "rec");
   const recorded = await runHooked(venv, ["app.py"], { RETRACE: "1", RETRACE_RECORDING_PATH: "rec", APP_SETTING: "on" });

@@ -42,7 +42,7 @@ export function stats(values) {
   return { min: sorted[0], median: sorted[Math.floor(sorted.length / 2)], max: sorted[sorted.length - 1] };
 }
 
-/** Instructions the program runs (all threads), under callgrind. */
+/** Instructions the program runs (all threads, and its writer process when recording), under callgrind. */
 export function instructions(python, args, env) {
   const r = spawnSync('valgrind', [...CALLGRIND, python, ...args], {
     env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26,
@@ -53,9 +53,21 @@ export function instructions(python, args, env) {
 /** valgrind's arguments that count instructions (all threads) without writing a profile. */
 export const CALLGRIND = ['--tool=callgrind', '--callgrind-out-file=/dev/null'];
 
-/** The instruction count callgrind printed on stderr, for a run that exited `status`. */
+/**
+ * The instruction count callgrind printed on stderr, for a run that exited `status`. A
+ * recording forks its writer process through an intermediate child that only forks and
+ * exits; callgrind prints a line for each process, and a forked child's count starts from
+ * its parent's at the fork. So the writer's own work is its count less the intermediate's,
+ * and it is added to the program's, as the writer thread's work used to be counted.
+ */
 export function collectedInstructions(status, stderr) {
-  const m = /Collected : (\d+)/.exec(stderr ?? '');
-  if (status !== 0 || !m) throw new Error(`valgrind failed (is it installed?): ${(stderr ?? '').slice(-2000)}`);
-  return Number(m[1]);
+  const text = stderr ?? '';
+  const main = /==(\d+)== Command:/.exec(text)?.[1];
+  const lines = [...text.matchAll(/==(\d+)== Collected : (\d+)/g)].map((m) => ({ pid: m[1], count: Number(m[2]) }));
+  const program = lines.find((l) => l.pid === main);
+  if (status !== 0 || program === undefined) throw new Error(`valgrind failed (is it installed?): ${text.slice(-2000)}`);
+  const children = lines.filter((l) => l !== program).map((l) => l.count).sort((a, b) => a - b);
+  if (children.length === 0) return program.count;
+  if (children.length === 2) return program.count + children[1] - children[0];
+  throw new Error(`valgrind followed ${children.length} child processes; expected none or a writer and its parent: ${text.slice(-2000)}`);
 }

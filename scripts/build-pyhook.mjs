@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // Builds the CPython extension (crates/pyhook) for one interpreter and installs it into
-// python/retrace/ under that interpreter's extension suffix.
+// python/retrace/ under that interpreter's extension suffix, with the trace writer program
+// (`retrace-writer`, crates/recorder) the extension starts next to it.
 //
 //   node scripts/build-pyhook.mjs [--python /path/to/python3] [--debug]
 //
 // The extension uses the full C API (not abi3), so there is one build per Python minor
 // version; building for several interpreters leaves one file per version side by side.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, writeFileSync, readFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,7 +31,8 @@ const probe = spawnSync(pythonArg, ['-c', [
 if (probe.status !== 0) fail(`cannot run ${pythonArg}: ${probe.stderr || probe.error}`, 'pass --python /path/to/python3');
 const info = JSON.parse(probe.stdout);
 
-const cargoArgs = ['build', '-p', 'retrace-pyhook', '--message-format=short'];
+// The writer program is built in the same run: it shares the compiled recorder and zstd.
+const cargoArgs = ['build', '-p', 'retrace-pyhook', '-p', 'retrace-recorder', '--bin', 'retrace-writer', '--lib', '--message-format=short'];
 if (profile === 'release') cargoArgs.push('--release');
 process.stderr.write(`retrace: building the CPython extension for Python ${info.version} (${info.executable})\n`);
 const build = spawnSync('cargo', cargoArgs, {
@@ -45,6 +47,9 @@ const built = join(root, 'target', `py${info.version}`, profile, libName);
 const dest = join(root, 'python', 'retrace', `_pyhook${info.ext_suffix}`);
 mkdirSync(dirname(dest), { recursive: true });
 copyFileSync(built, dest);
+const writer = join(root, 'python', 'retrace', 'retrace-writer');
+copyFileSync(join(root, 'target', `py${info.version}`, profile, 'retrace-writer'), writer);
+chmodSync(writer, 0o755);
 
 // Remember which interpreters have an extension, for the CLI's "wrong Python" message.
 const manifestPath = join(root, 'python', 'retrace', '_built.json');

@@ -166,6 +166,9 @@ function checkWritable(purelib: string): void {
   }
 }
 
+/** The trace writer program the extension starts (built next to it; Linux only). */
+const WRITER_PROGRAM = "retrace-writer";
+
 /** Files of this package's Python side to copy, relative to python/retrace/. */
 function packageFiles(pkg: string, extension: string): string[] {
   const py = (dir: string): string[] =>
@@ -173,7 +176,8 @@ function packageFiles(pkg: string, extension: string): string[] {
       .filter((f) => f.endsWith(".py"))
       .sort()
       .map((f) => (dir === "." ? f : `${dir}/${f}`));
-  return [...py("."), ...py("_boot"), extension];
+  const writer = existsSync(join(pkg, WRITER_PROGRAM)) ? [WRITER_PROGRAM] : [];
+  return [...py("."), ...py("_boot"), extension, ...writer];
 }
 
 function readIfExists(path: string): Buffer | undefined {
@@ -194,11 +198,11 @@ function readManifest(target: string): Manifest | undefined {
 }
 
 /** Writes `data` to `path` through a temporary file and a rename (a running interpreter keeps the old file). */
-function writeAtomic(path: string, data: Buffer | string): void {
+function writeAtomic(path: string, data: Buffer | string, mode = 0o644): void {
   mkdirSync(dirname(path), { recursive: true });
   const tmp = `${path}.tmp-${process.pid}`;
   try {
-    writeFileSync(tmp, data);
+    writeFileSync(tmp, data, { mode });
     renameSync(tmp, path);
   } catch (err) {
     rmSync(tmp, { force: true });
@@ -250,7 +254,7 @@ export function installHook(opts: HookOptions): void {
     readIfExists(pth)?.toString("utf8") === PTH_TEXT;
   if (!unchanged) {
     try {
-      for (const [path, data] of wanted) writeAtomic(path, data);
+      for (const [path, data] of wanted) writeAtomic(path, data, path.endsWith(`/${WRITER_PROGRAM}`) ? 0o755 : 0o644);
       for (const stale of previous?.files.filter((f) => !files.includes(f)) ?? []) rmSync(join(target, stale), { force: true });
       // Last, so that an interrupted install never leaves a hook without its package.
       writeAtomic(pth, PTH_TEXT);

@@ -16,6 +16,7 @@ export interface NativeBinding {
   TraceReader: typeof Binding.TraceReader;
   forwardSignals: typeof Binding.forwardSignals;
   restoreDefaultSignal: typeof Binding.restoreDefaultSignal;
+  waitForTraceWriters: typeof Binding.waitForTraceWriters;
 }
 
 /**

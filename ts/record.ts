@@ -5,6 +5,7 @@ import { dirname, join, relative, resolve, sep } from "node:path";
 import { MAX_HASH_SEED, checkedBootDir, childEnv } from "./boot.js";
 import { EXIT_COULD_NOT_START, EXIT_USAGE, RetraceError, describe, errnoCode } from "./errors.js";
 import { exitLike, launch } from "./launch.js";
+import { loadNative } from "./native.js";
 import { mergeMetadata } from "./meta.js";
 import { checkPythonArgs, resolvePythonCommand } from "./python.js";
 
@@ -172,6 +173,9 @@ export function chooseHashSeed(env: NodeJS.ProcessEnv): { hashseed: number; inje
   return { hashseed: 1 + Math.floor(Math.random() * MAX_HASH_SEED), injected: true };
 }
 
+/** How long `record` waits for the writers of a program that ended without closing them. */
+const WRITER_WAIT_MS = 30_000;
+
 /** Runs `retrace record`; ends the process with the program's exit status. */
 export async function record(opts: RecordOptions): Promise<void> {
   const [python, ...args] = opts.command;
@@ -202,6 +206,16 @@ export async function record(opts: RecordOptions): Promise<void> {
   const result = await launch({ executable, args, env, cwd });
   // After the program: at most one line, and only for an error. The exit status is the
   // program's whatever happens here.
+  try {
+    // A killed program's writer process may still be writing what it had been sent.
+    if (!loadNative().waitForTraceWriters(dir, WRITER_WAIT_MS)) {
+      process.stderr.write(
+        `retrace: warning: a trace writer of ${display} was still running ${WRITER_WAIT_MS / 1000} s after the program ended; its trace may be incomplete\n`,
+      );
+    }
+  } catch (err) {
+    process.stderr.write(`retrace: warning: ${describe(err)}\n`);
+  }
   try {
     const written = mergeMetadata(dir, {
       exit: { code: result.code, signal: result.signal },

@@ -85,3 +85,11 @@ export declare function forwardSignals(pid: number, signals: Array<number>): voi
 
 /** Puts back the default action of `signum` (before the CLI dies from it, as its child did). */
 export declare function restoreDefaultSignal(signum: number): void
+
+/**
+ * Waits, up to `timeout_ms`, until no trace writer holds any `trace/*.rtrace` under the
+ * recording directory `dir`: the writer process of a program that was killed may still be
+ * writing what the program submitted. Returns false on timeout. A missing directory
+ * counts as written.
+ */
+export declare function waitForTraceWriters(dir: string, timeoutMs: number): boolean

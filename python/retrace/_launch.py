@@ -222,6 +222,9 @@ def run_recorded(display, directory, executable, argv, env):
     ends this process as the program ended. Never returns."""
     sys.stderr.write("retrace: recording to %s\n" % display)
     code, signame, duration_ms = _spawn_and_wait(executable, argv, env)
+    if not wait_for_trace_writers(directory, WRITER_WAIT_SECONDS):
+        sys.stderr.write("retrace: warning: a trace writer of %s was still running %d s after the program ended; "
+                         "its trace may be incomplete\n" % (display, WRITER_WAIT_SECONDS))
     try:
         if not merge_metadata(directory, {"exit": {"code": code, "signal": signame},
                                           "duration_ms": round(duration_ms, 3)}):
@@ -231,6 +234,41 @@ def run_recorded(display, directory, executable, argv, env):
         message = error.message if isinstance(error, RetraceError) else str(error)
         sys.stderr.write("retrace: error: %s (the exit status was not saved)\n" % message)
     _exit_like(code, signame)
+
+
+# How long a launcher waits for the writers of a program that ended without closing them.
+WRITER_WAIT_SECONDS = 30
+
+
+def wait_for_trace_writers(directory, timeout):
+    """Waits until no writer holds a trace of the recording (crates/recorder writer.rs: the
+    writer process of a killed program may still be writing what it had been sent; it keeps
+    an exclusive `flock` on its trace until done). False on timeout. As ts/record.ts does
+    through the native binding."""
+    import fcntl
+    deadline = time.monotonic() + timeout
+    traces = os.path.join(directory, "trace")
+    try:
+        names = sorted(n for n in os.listdir(traces) if n.endswith(".rtrace"))
+    except OSError:
+        return True
+    for name in names:
+        try:
+            fd = os.open(os.path.join(traces, name), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.005)
+        finally:
+            os.close(fd)
+    return True
 
 
 def _spawn_and_wait(executable, argv, env):

@@ -48,7 +48,7 @@ fn main() {
         extra: Default::default(),
     };
     let options = WriterOptions::default();
-    let writer = TraceWriter::create(&out, &header, options.clone()).expect("create trace");
+    let mut writer = TraceWriter::create(&out, &header, options.clone()).expect("create trace");
     let mut enc = ChunkEncoder::new(options.chunk_capacity);
 
     // fn 1: time.time (float deltas); fn 2: os.urandom (digest, bytes); fn 3: open (raises).
@@ -119,9 +119,8 @@ fn main() {
     let mut t = 1_700_000_001.0_f64;
     for _ in 0..clock_calls {
         if enc.is_full() {
-            writer
-                .submit(enc.take_chunk(writer.spare_buffer()))
-                .expect("submit");
+            let spare = writer.spare_buffer();
+            writer.submit(enc.take_chunk(spare)).expect("submit");
         }
         t += 0.000_001_25;
         enc.call(1, None);
@@ -133,8 +132,7 @@ fn main() {
         "Traceback (most recent call last):\n  ...\nValueError: bad value\n",
     );
     enc.end();
-    writer
-        .submit(enc.take_chunk(writer.spare_buffer()))
-        .expect("submit");
+    let spare = writer.spare_buffer();
+    writer.submit(enc.take_chunk(spare)).expect("submit");
     writer.finish(enc.events_written()).expect("finish");
 }

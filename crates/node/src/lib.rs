@@ -736,3 +736,29 @@ mod tests {
         assert_eq!(columns.extra, "[[\"x\",\"7fffffffffffffff\"],\"s\"");
     }
 }
+
+/// Waits, up to `timeout_ms`, until no trace writer holds any `trace/*.rtrace` under the
+/// recording directory `dir`: the writer process of a program that was killed may still be
+/// writing what the program submitted. Returns false on timeout. A missing directory
+/// counts as written.
+#[napi]
+pub fn wait_for_trace_writers(dir: String, timeout_ms: u32) -> napi::Result<bool> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(u64::from(timeout_ms));
+    let traces = match std::fs::read_dir(Path::new(&dir).join("trace")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(napi::Error::from_reason(format!("cannot list {dir}/trace: {e}"))),
+    };
+    for entry in traces.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "rtrace") {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let written = retrace_recorder::wait_until_written(&path, left)
+                .map_err(|e| napi::Error::from_reason(format!("cannot read {}: {e}", path.display())))?;
+            if !written {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}

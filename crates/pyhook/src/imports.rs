@@ -59,7 +59,17 @@ pub struct Sources {
 }
 
 pub enum ImportView {
-    Recording { dir: PathBuf, skip: Vec<String>, stdlib_dir: String, sources: Sources, disk: DiskWork },
+    Recording {
+        dir: PathBuf,
+        skip: Vec<String>,
+        stdlib_dir: String,
+        sources: Sources,
+        /// The stdlib sources the program ran (path, relative to the stdlib), hashed when the
+        /// recording ends: reading them as they are imported would slow every import.
+        stdlib_seen: BTreeMap<String, String>,
+        /// Sources whose copy could not be written (warned about once).
+        copies_failed: usize,
+    },
     Replaying { dir: PathBuf, sources: Sources },
 }
 
@@ -96,7 +106,14 @@ impl ImportView {
     /// `stdlib_dir` ends with `/`; sources under it (outside a `site-packages`) are hashed,
     /// not copied.
     pub fn recording(dir: &Path, skip: Vec<String>, stdlib_dir: String) -> ImportView {
-        ImportView::Recording { dir: dir.to_path_buf(), skip, stdlib_dir, sources: Sources::default(), disk: DiskWork::default() }
+        ImportView::Recording {
+            dir: dir.to_path_buf(),
+            skip,
+            stdlib_dir,
+            sources: Sources::default(),
+            stdlib_seen: BTreeMap::new(),
+            copies_failed: 0,
+        }
     }
 
     /// The recorded view for a replay, each copy checked against its hash. Also returns a
@@ -144,24 +161,36 @@ impl ImportView {
     /// script) is about to read. Copied once, as it is now; a failure to copy only means a
     /// replay will need the file in place.
     pub fn capture_file(&mut self, path: &str) {
-        let ImportView::Recording { dir, skip, stdlib_dir, sources, disk } = self else { return };
-        if !path.ends_with(".py") || sources.files.contains_key(path) || disk.stdlib_seen.contains(path) {
+        let ImportView::Recording { dir, skip, stdlib_dir, sources, stdlib_seen, copies_failed } = self else { return };
+        if !path.ends_with(".py") || sources.files.contains_key(path) || stdlib_seen.contains_key(path) {
             return;
         }
         match place(skip, stdlib_dir, path) {
             Place::Kept => {}
             Place::Stdlib(relative) => {
-                disk.stdlib_seen.insert(path.to_owned());
-                disk.send(DiskJob::HashStdlib { path: path.to_owned(), relative: relative.to_owned() });
+                stdlib_seen.insert(path.to_owned(), relative.to_owned());
                 return;
             }
             Place::Left => return,
         }
-        // Read now: the copy holds the bytes the program ran, even if the file changes later.
+        // Copied now, on the importing thread: the copy holds the bytes the program ran, even
+        // if the file changes later. (Not on a thread of our own: the recorded program must
+        // keep the number of threads it has, see the writer's module doc.)
         let Ok(bytes) = std::fs::read(path) else { return };
         let relative = format!("run{path}");
-        sources.files.insert(path.to_owned(), SourceFile { snapshot: relative.clone(), xxh3_128: hash_hex(&bytes) });
-        disk.send(DiskJob::Copy { original: path.to_owned(), target: dir.join(relative), bytes });
+        let target = dir.join(&relative);
+        let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
+        if let Err(e) = written {
+            // No partial copy is left, and the source is not listed: a replay reads it in
+            // place (the main script's copy is checked before sources.json is read).
+            let _ = std::fs::remove_file(&target);
+            if *copies_failed == 0 {
+                eprintln!("retrace: warning: cannot copy {path} into the recording ({e}); a replay will need it in place");
+            }
+            *copies_failed += 1;
+            return;
+        }
+        sources.files.insert(path.to_owned(), SourceFile { snapshot: relative, xxh3_128: hash_hex(&bytes) });
     }
 
     pub fn note_listing(&mut self, path: &str, entries: Vec<String>) {
@@ -187,12 +216,12 @@ impl ImportView {
     }
 
     pub fn write(&mut self) -> std::io::Result<()> {
-        let ImportView::Recording { dir, sources, disk, .. } = self else { return Ok(()) };
-        let done = disk.finish();
-        for original in &done.failed {
-            sources.files.remove(original);
+        let ImportView::Recording { dir, sources, stdlib_seen, .. } = self else { return Ok(()) };
+        for (path, relative) in std::mem::take(stdlib_seen) {
+            if let Ok(bytes) = std::fs::read(&path) {
+                sources.stdlib.insert(relative, hash_hex(&bytes));
+            }
         }
-        sources.stdlib.extend(done.stdlib);
         let text = serde_json::to_string_pretty(sources).map_err(std::io::Error::other)?;
         std::fs::write(dir.join("sources.json"), text + "\n")
     }
@@ -233,83 +262,6 @@ impl ImportView {
         let Some((dir, _)) = path.rsplit_once("/__pycache__/") else { return false };
         sources.dirs.contains_key(dir) && path.ends_with(".pyc")
     }
-}
-
-/// Disk work of the recording's import view, done on a thread of its own so that the import
-/// that read a source goes on at once: writing the copies (a Flask import copies ~100 files)
-/// and hashing the stdlib sources.
-#[derive(Default)]
-pub struct DiskWork {
-    jobs: Option<std::sync::mpsc::Sender<DiskJob>>,
-    worker: Option<std::thread::JoinHandle<DiskDone>>,
-    stdlib_seen: std::collections::HashSet<String>,
-}
-
-enum DiskJob {
-    Copy { original: String, target: PathBuf, bytes: Vec<u8> },
-    HashStdlib { path: String, relative: String },
-}
-
-#[derive(Default)]
-struct DiskDone {
-    /// Sources whose copy could not be written: a replay will need them in place.
-    failed: Vec<String>,
-    stdlib: Vec<(String, String)>,
-}
-
-impl DiskWork {
-    fn send(&mut self, job: DiskJob) {
-        if self.jobs.is_none() {
-            let (sender, receiver) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new().name("retrace-sources".into()).spawn(move || run_disk_jobs(receiver));
-            match spawned {
-                Ok(worker) => {
-                    self.jobs = Some(sender);
-                    self.worker = Some(worker);
-                }
-                Err(e) => {
-                    eprintln!("retrace: warning: cannot start the thread that copies sources ({e}); a replay will need them in place");
-                    return;
-                }
-            }
-        }
-        if let Some(jobs) = &self.jobs {
-            // The worker only stops when `jobs` is dropped, so this cannot fail.
-            let _ = jobs.send(job);
-        }
-    }
-
-    /// Waits for the work sent so far.
-    fn finish(&mut self) -> DiskDone {
-        self.jobs = None;
-        self.worker.take().and_then(|worker| worker.join().ok()).unwrap_or_default()
-    }
-}
-
-fn run_disk_jobs(jobs: std::sync::mpsc::Receiver<DiskJob>) -> DiskDone {
-    let mut done = DiskDone::default();
-    for job in jobs {
-        match job {
-            DiskJob::Copy { original, target, bytes } => {
-                let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
-                if let Err(e) = written {
-                    // No partial copy is left: a replay takes a copy in run/ as the recorded
-                    // bytes (the main script's is checked before sources.json is read).
-                    let _ = std::fs::remove_file(&target);
-                    if done.failed.is_empty() {
-                        eprintln!("retrace: warning: cannot copy {original} into the recording ({e}); a replay will need it in place");
-                    }
-                    done.failed.push(original);
-                }
-            }
-            DiskJob::HashStdlib { path, relative } => {
-                if let Ok(bytes) = std::fs::read(&path) {
-                    done.stdlib.push((relative, hash_hex(&bytes)));
-                }
-            }
-        }
-    }
-    done
 }
 
 /// Runs `f` on the session's import view, if there is one.

@@ -39,12 +39,12 @@ use hooks::{Target, HOOKS};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString};
-use retrace_recorder::{ChunkEncoder, PythonInfo, TraceHeader, TraceReader, TraceWriter, WriterOptions};
+use retrace_recorder::{ChunkEncoder, PythonInfo, TraceHeader, TraceReader, TraceWriter, WriterOptions, WriterPlacement};
 use session::{
     Recorder, Replayer, Session, FORKED_CHILD, MODE, MODE_OFF, MODE_RECORD, MODE_REPLAY, STATE,
 };
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The exit status the recorded process ended with (from `meta.json`, which the CLI
 /// completes), for a replay that ends where the recording left through `exec`.
@@ -146,11 +146,23 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             if let Err(e) = workspace::write(&dir, &header, &own_prefix) {
                 eprintln!("retrace: warning: cannot write {}: {e}", dir.join("replay.code-workspace").display());
             }
-            let options = WriterOptions::default();
+            let mut options = WriterOptions {
+                // Installed next to this extension by scripts/build-pyhook.mjs.
+                helper: Some(Path::new(&own_prefix).join("retrace-writer")).filter(|p| p.is_file()),
+                ..WriterOptions::default()
+            };
+            // For measuring what the writer's placement costs (BENCHMARKS.md): a thread
+            // instead of the writer process.
+            if std::env::var_os("RETRACE_WRITER").is_some_and(|v| v == "thread") {
+                options.placement = WriterPlacement::Thread;
+            }
             let enc = ChunkEncoder::new(options.chunk_capacity);
             let writer = TraceWriter::create(&trace, &header, options).map_err(|e| {
                 PyRuntimeError::new_err(format!("cannot create {}: {e}", trace.display()))
             })?;
+            for (slot, fd) in WRITER_FDS.iter().zip(writer.descriptors_for_forked_child()) {
+                slot.store(fd, Ordering::Relaxed);
+            }
             let skip: Vec<String> = item("import_skip")?.extract()?;
             let mut view = imports::ImportView::recording(&dir, skip, item("stdlib_dir")?.extract()?);
             // Modules the interpreter (and `.pth` files, and we) imported before the session
@@ -357,11 +369,24 @@ extern "C" fn at_exit() {
     finish_session();
 }
 
+/// The recording's descriptors a forked child closes (see `in_forked_child`); -1 for none.
+static WRITER_FDS: [AtomicI32; 2] = [AtomicI32::new(-1), AtomicI32::new(-1)];
+
 extern "C" fn in_forked_child() {
-    // The child has no writer thread: it must not touch the parent's trace. Recording of
-    // child processes gets its own trace (see ARCHITECTURE.md); until then it runs unhooked.
+    // The child must not touch the parent's trace. Recording of child processes gets its
+    // own trace (see ARCHITECTURE.md); until then it runs unhooked.
     FORKED_CHILD.store(true, Ordering::Relaxed);
     MODE.store(MODE_OFF, Ordering::Relaxed);
+    // Its copies of the writer's descriptors would keep the writer from seeing the parent
+    // end (and hold the trace's lock) for as long as the child lives.
+    for slot in &WRITER_FDS {
+        let fd = slot.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: closing descriptors the recorder opened and the child does not use;
+            // close is async-signal-safe, as an atfork child handler requires.
+            unsafe { libc::close(fd) };
+        }
+    }
 }
 
 #[pymodule]

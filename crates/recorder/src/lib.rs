@@ -3,8 +3,9 @@
 //!
 //! * [`ChunkEncoder`] appends events to an in-memory chunk on the recording thread (GIL held,
 //!   no allocation in the steady state).
-//! * [`TraceWriter`] owns a writer thread that compresses each finished chunk into its own
-//!   zstd frame and appends it, between a header and (on a clean close) a trailer.
+//! * [`TraceWriter`] hands each finished chunk, through shared memory, to a writer (a helper
+//!   process, or a thread) that compresses it into its own zstd frame and appends it,
+//!   between a header and (on a clean close) a trailer.
 //! * [`TraceReader`] maps a trace, walks its frames and decodes [`EventRecord`]s, reporting
 //!   a cut-short or damaged trace as a [`TraceError`] with the byte offset, never a panic.
 //!
@@ -15,6 +16,7 @@ pub mod encode;
 pub mod event;
 pub mod header;
 pub mod reader;
+mod ring;
 pub mod stream;
 pub mod wire;
 pub mod writer;
@@ -27,7 +29,7 @@ pub use event::{Event, EventRecord, FnDef, ProcessKind, RecordedError, Value};
 pub use header::{ChunkInfo, PythonInfo, TraceHeader, TraceTrailer};
 pub use reader::{Events, TraceError, TraceErrorKind, TraceReader};
 pub use stream::{read_stream, RecordedStream, Segment, StreamError, StreamWriter};
-pub use writer::{TraceWriter, WriterFailed, WriterOptions};
+pub use writer::{wait_until_written, TraceWriter, WriterFailed, WriterKind, WriterOptions, WriterPlacement};
 
 #[cfg(test)]
 mod tests {

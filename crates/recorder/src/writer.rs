@@ -1,37 +1,82 @@
-//! The writer thread: receives finished chunks from the recording threads, compresses each
+//! The trace writer: receives finished chunks from the recording threads, compresses each
 //! into an independent zstd frame, and appends it to the trace file, so compression and I/O
 //! never run with the GIL held.
 //!
+//! Where it runs. On Linux, given the path of the `retrace-writer` program (built with this
+//! crate, shipped next to the CPython extension), the writer is a process of its own, and
+//! chunks reach it through shared memory (`ring.rs`). The program then keeps the threads it
+//! has: once a process has a second thread, glibc brackets every blocking call (`send`,
+//! `recv`, `read` ...) with its asynchronous-cancellation switch, ~40 ns a call that a
+//! writer thread would add to every socket call of a single-threaded program. A writer
+//! process also outlives the program: what was submitted before a `kill -9` or a crash
+//! still reaches the disk. Elsewhere, or without the program, the writer is a thread, with
+//! the same stream and the same loop.
+//!
+//! The writer process is started with `posix_spawn` (no copy of the program's memory), in a
+//! session of its own (Ctrl-C and hang-ups reach the program, not its writer), with an empty
+//! environment and only the trace, the stream's memory and its end of the socket. It forks
+//! once at start and the first copy exits at once, reaped by `create`: the program's
+//! `os.wait()` and `SIGCHLD` never see its writer, which init adopts. It ignores the
+//! signals a supervisor sends a process group, and ends when it has written the trailer,
+//! or when the program's end of the socket closes (the program has ended, however).
+//!
+//! The trace file is locked (`flock`, exclusive) by whoever writes it, for as long as it
+//! does: [`wait_until_written`] is how a reader (the CLI, after the program exits) knows
+//! that a writer finishing a killed program's trace is done.
+//!
 //! API note: [`TraceWriter::finish`] takes the total event count
 //! (`finish(self, total_events: u64)`, from [`crate::ChunkEncoder::events_written`]). The
-//! writer thread learns each chunk's first event index from its chunk header, so it can
-//! derive every chunk's event count but the last one's; the total supplies that, and the
-//! trailer's event count, without widening `submit`.
+//! writer learns each chunk's first event index from its chunk header, so it can derive
+//! every chunk's event count but the last one's; the total supplies that, and the trailer's
+//! event count, without widening `submit`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
-
 use crate::encode::CHUNK_SLACK;
 use crate::header::{record_frame, ChunkInfo, TraceHeader, TraceTrailer};
+use crate::ring::{self, Consumer, Producer, Stopped};
 use crate::wire::{read_varint, RECORD_KIND_HEADER, RECORD_KIND_TRAILER};
 use crate::FORMAT_VERSION;
 
-/// A recycled buffer that grew past this many times the normal buffer size (one huge value)
+/// A chunk buffer that grew past this many times the normal buffer size (one huge value)
 /// is dropped instead of reused, so one large event does not pin its memory forever.
 const RECYCLE_GROWTH_LIMIT: usize = 4;
+
+/// Messages on the stream: a kind byte, then its body.
+/// `CHUNK`: length (u32 LE), then the chunk's bytes.
+const MESSAGE_CHUNK: u8 = 1;
+/// `FINISH`: the total event count and the elapsed nanoseconds (u64 LE each); the writer
+/// appends the trailer, syncs and reports that it is done.
+const MESSAGE_FINISH: u8 = 2;
+/// `CLOSE`: no trailer (the trace reads as cut short); the writer syncs and reports done.
+const MESSAGE_CLOSE: u8 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterPlacement {
+    /// A process where possible (Linux, with [`WriterOptions::helper`]), else a thread.
+    Auto,
+    /// Always a thread of this process.
+    Thread,
+}
+
+/// Where the writer of a [`TraceWriter`] ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterKind {
+    Thread,
+    Process,
+}
 
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Uncompressed bytes after which the encoder's chunk counts as full.
     pub chunk_capacity: usize,
-    /// How many finished chunks may wait for the writer thread before `submit` blocks.
+    /// How many finished chunks may wait for the writer before `submit` blocks (the shared
+    /// stream holds this many full chunks, rounded up to a power of two bytes).
     pub channel_chunks: usize,
     /// zstd's level. 1 (its "fast" strategy): the writer runs beside the program on a core it
     /// may need, and a trace's bulk is random bytes (entropy, payloads) that no level shrinks,
@@ -40,6 +85,9 @@ pub struct WriterOptions {
     /// After this long without a submitted chunk, `flush_due` asks for a partial one, so a
     /// quiet program still gets its events to disk (and survives a kill).
     pub flush_interval: Duration,
+    pub placement: WriterPlacement,
+    /// The `retrace-writer` program, for [`WriterPlacement::Auto`].
+    pub helper: Option<std::path::PathBuf>,
 }
 
 impl Default for WriterOptions {
@@ -49,11 +97,13 @@ impl Default for WriterOptions {
             channel_chunks: 8,
             zstd_level: 1,
             flush_interval: Duration::from_millis(100),
+            placement: WriterPlacement::Auto,
+            helper: None,
         }
     }
 }
 
-/// The writer thread has failed (see [`TraceWriter::failure`]); the chunk was dropped.
+/// The writer has failed (see [`TraceWriter::failure`]); the chunk was dropped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriterFailed(pub String);
 
@@ -68,69 +118,81 @@ impl std::error::Error for WriterFailed {}
 /// Where the frames go: a file, or in unit tests a sink that fails on demand.
 trait TraceSink: Write + Send {
     fn sync_all(&mut self) -> io::Result<()>;
+    /// The descriptor a forked helper must keep open.
+    fn raw_fd(&self) -> Option<RawFd>;
 }
 
 impl TraceSink for File {
     fn sync_all(&mut self) -> io::Result<()> {
         File::sync_all(self)
     }
-}
-
-/// State the producer side and the writer thread both see.
-#[derive(Debug, Default)]
-struct Shared {
-    flush_due: AtomicBool,
-    /// Set once, with `failure`, when the writer thread stops on an error.
-    failed: AtomicBool,
-    failure: Mutex<Option<String>>,
-}
-
-/// What the writer thread hands back when it stops: the sink, for the trailer, and where
-/// each chunk went.
-struct WriterThreadResult {
-    sink: Box<dyn TraceSink>,
-    /// (frame offset, first event index) of each chunk written.
-    chunks: Vec<(u64, u64)>,
-    error: Option<io::Error>,
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.as_raw_fd())
+    }
 }
 
 pub struct TraceWriter {
-    /// `None` once closed; dropping it is what tells the writer thread to stop.
-    chunks: Option<Sender<Vec<u8>>>,
-    recycled: Receiver<Vec<u8>>,
-    thread: Option<JoinHandle<WriterThreadResult>>,
-    shared: Arc<Shared>,
+    producer: Producer,
+    /// The writer thread, in thread mode; `None` for a helper process, or once joined.
+    thread: Option<JoinHandle<()>>,
+    kind: WriterKind,
+    /// The last submitted chunk's buffer, handed back by `spare_buffer`.
+    spare: Option<Vec<u8>>,
     buffer_capacity: usize,
+    recycle_limit: usize,
+    /// This process's descriptor of the trace file (thread mode only).
+    trace_fd: Option<RawFd>,
+    /// False once a finish or close message was sent.
+    open: bool,
     started: Instant,
 }
 
 /// Descriptors below this are left to the program being recorded.
 const FIRST_PRIVATE_FD: i32 = 1000;
 
-/// Moves the trace file's descriptor to [`FIRST_PRIVATE_FD`] or above (close-on-exec), so
-/// the program's own descriptors get the same numbers while recording as while replaying,
-/// where no trace file is open. Keeps the original when that is not possible.
-#[cfg(unix)]
-fn high_numbered(file: File) -> File {
-    use std::os::fd::{AsRawFd, FromRawFd};
+/// Moves `fd` to [`FIRST_PRIVATE_FD`] or above (close-on-exec), so the program's own
+/// descriptors get the same numbers while recording as while replaying, where no trace
+/// file is open. Keeps the original when that is not possible.
+pub(crate) fn high_numbered(fd: OwnedFd) -> OwnedFd {
     // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own returns a new descriptor (or -1) that
-    // nothing else owns; the original is closed when `file` drops.
-    let moved = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_PRIVATE_FD) };
+    // nothing else owns; the original is closed when `fd` drops.
+    let moved = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, FIRST_PRIVATE_FD) };
     if moved < 0 {
-        return file;
+        return fd;
     }
     // SAFETY: `moved` is a fresh descriptor owned by nobody else.
-    unsafe { File::from_raw_fd(moved) }
+    unsafe { OwnedFd::from_raw_fd(moved) }
 }
 
-#[cfg(not(unix))]
-fn high_numbered(file: File) -> File {
-    file
+/// Waits, up to `timeout`, until no writer holds the trace at `path` (see the module doc).
+/// Returns false on timeout; a missing file counts as written.
+pub fn wait_until_written(path: &Path, timeout: Duration) -> io::Result<bool> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(e),
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: a non-blocking shared lock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) && error.raw_os_error() != Some(libc::EINTR) {
+            return Err(error);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 impl TraceWriter {
     /// Creates the file with `create_new` (an existing file is an error, never overwritten),
-    /// writes the header frame synchronously, and spawns the "retrace-writer" thread.
+    /// writes the header frame synchronously, and starts the writer (a "retrace-writer"
+    /// process or thread).
     ///
     /// `header.format_version` must be [`FORMAT_VERSION`].
     pub fn create(
@@ -140,7 +202,11 @@ impl TraceWriter {
     ) -> io::Result<TraceWriter> {
         // Validate before creating anything, so a bad header leaves no empty file behind.
         let header_frame = header_frame(header)?;
-        let file = high_numbered(OpenOptions::new().write(true).create_new(true).open(path)?);
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        let file = File::from(high_numbered(OwnedFd::from(file)));
+        // SAFETY: an exclusive lock on a descriptor we own; it stays with the open file,
+        // which a helper process inherits.
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         let description = path.display().to_string();
         Self::start(Box::new(file), description, &header_frame, options)
     }
@@ -153,130 +219,167 @@ impl TraceWriter {
     ) -> io::Result<TraceWriter> {
         sink.write_all(header_frame)?;
 
-        // Created here rather than on the thread so a bad level fails `create`.
+        // Created here rather than by the writer so a bad level fails `create`.
         let mut compressor = zstd::bulk::Compressor::new(options.zstd_level)?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
         compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
 
-        let (chunk_tx, chunk_rx) = crossbeam_channel::bounded(options.channel_chunks);
-        // Room for every buffer that can be in flight, so the writer never blocks on recycling.
-        let (recycle_tx, recycle_rx) = crossbeam_channel::bounded(options.channel_chunks + 2);
-        let shared = Arc::new(Shared::default());
         let buffer_capacity = options.chunk_capacity + CHUNK_SLACK;
-
-        let writer = ChunkWriterLoop {
+        let helper = match options.placement {
+            WriterPlacement::Auto if cfg!(target_os = "linux") => options.helper.as_deref(),
+            _ => None,
+        };
+        let (producer, consumer) = ring::stream(
+            buffer_capacity.saturating_mul(options.channel_chunks.max(1)),
+            helper.is_some(),
+        )?;
+        let trace_fd = sink.raw_fd();
+        let mut trace_writer = TraceWriter {
+            producer,
+            thread: None,
+            kind: WriterKind::Process,
+            spare: None,
+            buffer_capacity,
+            recycle_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
+            trace_fd: None,
+            open: true,
+            started: Instant::now(),
+        };
+        if let (Some(helper), Some((memory, wake)), Some(trace)) = (helper, consumer.handover(), trace_fd) {
+            let settings = HelperSettings {
+                zstd_level: options.zstd_level,
+                flush_interval: options.flush_interval,
+                chunk_capacity: options.chunk_capacity,
+                description: &description,
+            };
+            if spawn_helper(helper, &settings, [memory, wake, trace]).is_ok() {
+                // The writer process has its own copies of the trace, the memory and the
+                // socket end; ours close here, and the trace's lock stays with its copy.
+                drop(consumer);
+                drop(sink);
+                return Ok(trace_writer);
+            }
+        }
+        let writer = Box::new(ChunkWriterLoop {
             sink,
             description,
             offset: header_frame.len() as u64,
             chunks_written: Vec::new(),
             compressor,
             compressed: Vec::new(),
-            incoming: chunk_rx,
-            recycle: recycle_tx,
-            recycle_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
-            shared: Arc::clone(&shared),
+            message: Vec::new(),
+            message_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
+            consumer,
             flush_interval: options.flush_interval,
-        };
-        let thread = std::thread::Builder::new()
-            .name("retrace-writer".to_owned())
-            .spawn(move || writer.run())?;
-
-        Ok(TraceWriter {
-            chunks: Some(chunk_tx),
-            recycled: recycle_rx,
-            thread: Some(thread),
-            shared,
-            buffer_capacity,
-            started: Instant::now(),
-        })
+        });
+        trace_writer.thread = Some(
+            std::thread::Builder::new()
+                .name("retrace-writer".to_owned())
+                .spawn(move || writer.run())?,
+        );
+        trace_writer.kind = WriterKind::Thread;
+        trace_writer.trace_fd = trace_fd;
+        Ok(trace_writer)
     }
 
-    /// Sends a finished chunk (blocks while the channel is full). After a writer failure the
-    /// chunk is dropped and the failure returned.
-    pub fn submit(&self, chunk: Vec<u8>) -> Result<(), WriterFailed> {
-        if self.shared.failed.load(Ordering::Acquire) {
-            return Err(self.failed_error());
-        }
-        self.shared.flush_due.store(false, Ordering::Relaxed);
-        let Some(sender) = &self.chunks else {
+    /// Whether the writer is a helper process or a thread.
+    pub fn kind(&self) -> WriterKind {
+        self.kind
+    }
+
+    /// Sends a finished chunk (blocks while the writer is `channel_chunks` behind). After a
+    /// writer failure the chunk is dropped and the failure returned.
+    pub fn submit(&mut self, chunk: Vec<u8>) -> Result<(), WriterFailed> {
+        if !self.open {
             return Err(WriterFailed("the trace writer is closed".to_owned()));
-        };
-        // A send fails only when the writer thread has stopped, i.e. after a failure.
-        sender.send(chunk).map_err(|_| self.failed_error())
+        }
+        if self.producer.has_failed() {
+            return Err(self.failed_error(Stopped::Failed));
+        }
+        self.producer.clear_flush_due();
+        // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
+        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let sent = self.producer.write(&[&[MESSAGE_CHUNK], &len, &chunk]);
+        if chunk.capacity() <= self.recycle_limit {
+            self.spare = Some(chunk);
+        }
+        sent.map_err(|stopped| self.failed_error(stopped))
     }
 
-    fn failed_error(&self) -> WriterFailed {
-        WriterFailed(
-            self.failure()
-                .unwrap_or_else(|| "the trace writer thread has stopped".to_owned()),
-        )
+    fn failed_error(&self, stopped: Stopped) -> WriterFailed {
+        WriterFailed(self.failure().unwrap_or_else(|| match stopped {
+            Stopped::Gone => "the trace writer process has stopped (was it killed?)".to_owned(),
+            Stopped::Failed => "the trace writer has stopped".to_owned(),
+        }))
     }
 
-    /// A cleared buffer for the encoder: a recycled one if available, else a new one with
-    /// room for a chunk plus [`CHUNK_SLACK`].
-    pub fn spare_buffer(&self) -> Vec<u8> {
-        self.recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(self.buffer_capacity))
+    /// A cleared buffer for the encoder: the last submitted chunk's, or a new one with room
+    /// for a chunk plus [`CHUNK_SLACK`].
+    pub fn spare_buffer(&mut self) -> Vec<u8> {
+        match self.spare.take() {
+            Some(mut buffer) => {
+                buffer.clear();
+                buffer
+            }
+            None => Vec::with_capacity(self.buffer_capacity),
+        }
     }
 
     /// True when `flush_interval` has passed since the last submit: the producer should then
     /// submit its partial chunk. One relaxed atomic load, cheap enough to check per event.
     #[inline]
     pub fn flush_due(&self) -> bool {
-        self.shared.flush_due.load(Ordering::Relaxed)
+        self.producer.flush_due()
     }
 
-    /// The writer thread's I/O error (disk full, unwritable), if it has stopped on one.
+    /// The writer's I/O error (disk full, unwritable), if it has stopped on one.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.producer.failure().map(|(text, _)| text)
     }
 
-    /// Closes the channel, waits for the writer thread to write every submitted chunk, then
-    /// appends the trailer frame and fsyncs. `total_events` is the encoder's
-    /// `events_written()` (see the module doc). Returns the trailer.
-    pub fn finish(mut self, total_events: u64) -> io::Result<TraceTrailer> {
-        drop(self.chunks.take());
-        let Some(thread) = self.thread.take() else {
+    /// Sends the finish message and waits for the writer to write every submitted chunk,
+    /// append the trailer frame and fsync. `total_events` is the encoder's
+    /// `events_written()` (see the module doc).
+    pub fn finish(mut self, total_events: u64) -> io::Result<()> {
+        let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.end(&[&[MESSAGE_FINISH], &total_events.to_le_bytes(), &elapsed.to_le_bytes()])
+    }
+
+    fn end(&mut self, message: &[&[u8]]) -> io::Result<()> {
+        if !self.open {
             return Err(io::Error::other("the trace writer was already closed"));
-        };
-        let mut result = thread
-            .join()
-            .map_err(|_| io::Error::other("the trace writer thread panicked"))?;
-        if let Some(error) = result.error.take() {
-            return Err(error);
         }
-
-        let mut chunks: Vec<ChunkInfo> = Vec::with_capacity(result.chunks.len());
-        for (i, &(offset, first_event)) in result.chunks.iter().enumerate() {
-            let next_first = result.chunks.get(i + 1).map_or(total_events, |next| next.1);
-            chunks.push(ChunkInfo {
-                offset,
-                first_event,
-                events: next_first.saturating_sub(first_event),
-            });
+        self.open = false;
+        let ended = self
+            .producer
+            .write(message)
+            .and_then(|()| self.producer.wait_finished());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                return Err(io::Error::other("the trace writer thread panicked"));
+            }
         }
-        let trailer = TraceTrailer {
-            events: total_events,
-            chunks,
-            end_elapsed_ns: u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        };
-        let json = serde_json::to_vec(&trailer).map_err(io::Error::other)?;
-        result
-            .sink
-            .write_all(&record_frame(RECORD_KIND_TRAILER, &json)?)?;
-        result.sink.sync_all()?;
-        Ok(trailer)
+        ended.map_err(|stopped| {
+            let errno = self.producer.failure().map_or(0, |(_, errno)| errno);
+            let kind = if errno != 0 {
+                io::Error::from_raw_os_error(errno).kind()
+            } else {
+                io::ErrorKind::Other
+            };
+            io::Error::new(kind, self.failed_error(stopped).0)
+        })
     }
 
-    /// For a forked child, where the writer thread does not exist: forgets the writer without
-    /// joining, writing or even touching the channel (a lock the parent's writer thread held
-    /// at fork time would never be released in the child). The few handles leak on purpose;
-    /// the inherited file descriptor is close-on-exec.
+    /// The descriptors a forked child must close, so that the writer sees the program end
+    /// when the program does (its end of the stream) and the trace's lock goes with the
+    /// writer (thread mode's trace file). Plain numbers, for an `atfork` handler.
+    pub fn descriptors_for_forked_child(&self) -> [RawFd; 2] {
+        [self.producer.raw_fd(), self.trace_fd.unwrap_or(-1)]
+    }
+
+    /// For a forked child, where a writer thread does not exist: forgets the writer without
+    /// joining, writing or even touching the stream. The few handles leak on purpose; close
+    /// [`Self::descriptors_for_forked_child`] as well.
     pub fn abandon_in_forked_child(self) {
         std::mem::forget(self);
     }
@@ -286,9 +389,8 @@ impl Drop for TraceWriter {
     /// Without `finish`: writes what was submitted but no trailer, so the trace reads as cut
     /// short, which it is.
     fn drop(&mut self) {
-        drop(self.chunks.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if self.open {
+            let _ = self.end(&[&[MESSAGE_CLOSE]]);
         }
     }
 }
@@ -307,66 +409,300 @@ fn header_frame(header: &TraceHeader) -> io::Result<Vec<u8>> {
     record_frame(RECORD_KIND_HEADER, &json)
 }
 
-/// The writer thread's state and loop.
+/// What the writer process is told on its command line.
+struct HelperSettings<'a> {
+    zstd_level: i32,
+    flush_interval: Duration,
+    chunk_capacity: usize,
+    /// The trace's path, for its error messages.
+    description: &'a str,
+}
+
+/// Where the writer process finds what `create` hands it: the stream's memory file, its
+/// end of the socket, and the trace (opened, locked, its header written).
+const HELPER_FDS: [RawFd; 3] = [3, 4, 5];
+
+/// Starts the `retrace-writer` program and reaps its first copy (see the module doc).
+/// `fds` are the stream's memory, the consumer's socket end and the trace, in that order.
+#[cfg(target_os = "linux")]
+fn spawn_helper(helper: &Path, settings: &HelperSettings<'_>, fds: [RawFd; 3]) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+
+    let text = |s: &str| CString::new(s).map_err(io::Error::other);
+    let program = CString::new(helper.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let args = [
+        program.clone(),
+        text(&settings.zstd_level.to_string())?,
+        text(&settings.flush_interval.as_millis().to_string())?,
+        text(&settings.chunk_capacity.to_string())?,
+        text(settings.description)?,
+    ];
+    let mut argv: Vec<*mut libc::c_char> = args.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv.push(std::ptr::null_mut());
+    let envp: [*mut libc::c_char; 1] = [std::ptr::null_mut()];
+
+    let mut pid: libc::pid_t = 0;
+    // SAFETY: the file actions and attributes are initialised before use and destroyed
+    // after; every pointer passed is to a live local or a NUL-terminated string that
+    // outlives the call; the descriptors are ours.
+    let spawned = unsafe {
+        let mut actions: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attributes: libc::posix_spawnattr_t = std::mem::zeroed();
+        libc::posix_spawn_file_actions_init(&mut actions);
+        libc::posix_spawnattr_init(&mut attributes);
+        for (from, to) in fds.iter().zip(HELPER_FDS) {
+            libc::posix_spawn_file_actions_adddup2(&mut actions, *from, to);
+        }
+        libc::posix_spawn_file_actions_addopen(&mut actions, 0, c"/dev/null".as_ptr(), libc::O_RDWR, 0);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 1);
+        libc::posix_spawn_file_actions_adddup2(&mut actions, 0, 2);
+        let mut no_signals: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut no_signals);
+        libc::posix_spawnattr_setsigmask(&mut attributes, &no_signals);
+        libc::posix_spawnattr_setflags(
+            &mut attributes,
+            libc::POSIX_SPAWN_SETSID | libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+        );
+        let result = libc::posix_spawn(&mut pid, program.as_ptr(), &actions, &attributes, argv.as_ptr(), envp.as_ptr());
+        libc::posix_spawn_file_actions_destroy(&mut actions);
+        libc::posix_spawnattr_destroy(&mut attributes);
+        result
+    };
+    if spawned != 0 {
+        return Err(io::Error::from_raw_os_error(spawned));
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for the child just spawned, through a live local.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EINTR) {
+            return Err(error);
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!("{} did not start (status {status})", helper.display())))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_helper(_helper: &Path, _settings: &HelperSettings<'_>, _fds: [RawFd; 3]) -> io::Result<()> {
+    Err(io::Error::new(io::ErrorKind::Unsupported, "a writer process needs Linux"))
+}
+
+/// The `retrace-writer` program: `retrace-writer LEVEL FLUSH_MS CHUNK_CAPACITY TRACE_PATH`,
+/// started by [`TraceWriter::create`] with the descriptors of [`HELPER_FDS`]. Returns the
+/// exit status: 0 after its work, 2 for a bad start (it has no one to tell why).
+#[doc(hidden)]
+pub fn writer_process_main(args: &[String]) -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        let [_, level, flush_ms, chunk_capacity, description] = args else { return 2 };
+        let (Ok(level), Ok(flush_ms), Ok(chunk_capacity)) =
+            (level.parse::<i32>(), flush_ms.parse::<u64>(), chunk_capacity.parse::<usize>())
+        else {
+            return 2;
+        };
+        // SAFETY: fork in this single-threaded process; the parent copy leaves at once with
+        // `_exit`, and `create` reaps it.
+        match unsafe { libc::fork() } {
+            0 => {}
+            -1 => return 2,
+            // SAFETY: leaves at once, as above.
+            _ => unsafe { libc::_exit(0) },
+        }
+        ignore_group_signals();
+        // SAFETY: in our own process: moves out of the program's directory, so that a
+        // recording never keeps a file system busy.
+        unsafe { libc::chdir(c"/".as_ptr()) };
+        close_other_descriptors();
+        // SAFETY: the descriptors of HELPER_FDS were set up by `spawn_helper` for us alone.
+        let (memory, wake, trace) = unsafe {
+            (
+                OwnedFd::from_raw_fd(HELPER_FDS[0]),
+                OwnedFd::from_raw_fd(HELPER_FDS[1]),
+                File::from_raw_fd(HELPER_FDS[2]),
+            )
+        };
+        let Ok(consumer) = ring::consumer_from(memory, wake) else { return 2 };
+        let writer = (|| -> io::Result<ChunkWriterLoop> {
+            let mut trace = trace;
+            let mut compressor = zstd::bulk::Compressor::new(level)?;
+            compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+            compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+            // The header is written: frames go after it.
+            let offset = io::Seek::stream_position(&mut trace)?;
+            let buffer_capacity = chunk_capacity + CHUNK_SLACK;
+            Ok(ChunkWriterLoop {
+                sink: Box::new(trace),
+                description: description.clone(),
+                offset,
+                chunks_written: Vec::new(),
+                compressor,
+                compressed: Vec::new(),
+                message: Vec::new(),
+                message_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
+                consumer,
+                flush_interval: Duration::from_millis(flush_ms),
+            })
+        })();
+        match writer {
+            Ok(writer) => {
+                writer.run();
+                0
+            }
+            Err(_) => 2,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = args;
+        2
+    }
+}
+
+/// What a terminal or a supervisor sends a whole process group must not stop the writer
+/// before the program has ended; faults keep their default action.
+#[cfg(target_os = "linux")]
+fn ignore_group_signals() {
+    for signal in [
+        libc::SIGHUP,
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+        libc::SIGPIPE,
+        libc::SIGALRM,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGVTALRM,
+        libc::SIGPROF,
+        libc::SIGXFSZ,
+        libc::SIGWINCH,
+    ] {
+        // SAFETY: sets this process's own disposition to "ignore".
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
+}
+
+/// Closes every descriptor above [`HELPER_FDS`]: anything the program's own parent left
+/// open without close-on-exec must not be held open by the writer.
+#[cfg(target_os = "linux")]
+fn close_other_descriptors() {
+    let first = HELPER_FDS[2] + 1;
+    // SAFETY: closes descriptors of this process that it does not use.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, 0) };
+    if closed == 0 {
+        return;
+    }
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map(|entries| entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    for fd in open.into_iter().filter(|&fd| fd >= first) {
+        // SAFETY: as above (the listing's own descriptor is already closed).
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// How the writer loop ended.
+enum Ending {
+    /// Finish or close: everything sent is written, and the producer waits to hear it.
+    Closed,
+    /// The producer's end closed without a word: the program was killed or crashed.
+    ProducerGone,
+}
+
+/// The writer's state and loop, on its thread or in the helper process.
 struct ChunkWriterLoop {
     sink: Box<dyn TraceSink>,
     /// The trace path, for error messages.
     description: String,
     /// File offset the next frame is written at.
     offset: u64,
+    /// (frame offset, first event index) of each chunk written.
     chunks_written: Vec<(u64, u64)>,
     compressor: zstd::bulk::Compressor<'static>,
     /// Reused output buffer for compressed frames.
     compressed: Vec<u8>,
-    incoming: Receiver<Vec<u8>>,
-    recycle: Sender<Vec<u8>>,
-    recycle_limit: usize,
-    shared: Arc<Shared>,
+    /// Reused buffer the message being read is assembled in.
+    message: Vec<u8>,
+    message_limit: usize,
+    consumer: Consumer,
     flush_interval: Duration,
 }
 
 impl ChunkWriterLoop {
-    fn run(mut self) -> WriterThreadResult {
-        let mut flush_deadline = Instant::now() + self.flush_interval;
-        let error = loop {
-            // Once a flush is due there is nothing more to time: wait for the next chunk
-            // without waking up, so an idle program costs nothing.
-            let received = if self.shared.flush_due.load(Ordering::Relaxed) {
-                self.incoming
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected)
-            } else {
-                self.incoming.recv_deadline(flush_deadline)
-            };
-            match received {
-                Ok(chunk) => {
-                    flush_deadline = Instant::now() + self.flush_interval;
-                    if !chunk.is_empty() {
-                        if let Err(error) = self.write_chunk(&chunk) {
-                            let message =
-                                format!("cannot write the trace {}: {error}", self.description);
-                            *self
-                                .shared
-                                .failure
-                                .lock()
-                                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
-                            self.shared.failed.store(true, Ordering::Release);
-                            break Some(error);
-                        }
-                    }
-                    self.recycle(chunk);
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.shared.flush_due.store(true, Ordering::Relaxed)
-                }
-                Err(RecvTimeoutError::Disconnected) => break None,
+    fn run(mut self) {
+        match self.serve() {
+            Ok(Ending::Closed) => self.consumer.finished(),
+            Ok(Ending::ProducerGone) => {}
+            Err(error) => {
+                let message = format!("cannot write the trace {}: {error}", self.description);
+                self.consumer.fail(&message, error.raw_os_error().unwrap_or(0));
             }
-        };
-        // Returning drops `incoming`: a producer blocked in `submit` wakes up with an error.
-        WriterThreadResult {
-            sink: self.sink,
-            chunks: self.chunks_written,
-            error,
+        }
+    }
+
+    fn serve(&mut self) -> io::Result<Ending> {
+        let mut flush_deadline = Some(Instant::now() + self.flush_interval);
+        loop {
+            let mut kind = [0u8; 1];
+            if !self.consumer.read_exact(&mut kind, &mut flush_deadline) {
+                return Ok(Ending::ProducerGone);
+            }
+            match kind[0] {
+                MESSAGE_CHUNK => {
+                    let mut len = [0u8; 4];
+                    if !self.consumer.read_exact(&mut len, &mut flush_deadline) {
+                        return Ok(Ending::ProducerGone);
+                    }
+                    let len = u32::from_le_bytes(len) as usize;
+                    // The buffer keeps its length between messages, so it is zeroed only
+                    // when it grows.
+                    let mut message = std::mem::take(&mut self.message);
+                    if message.len() < len {
+                        message.resize(len, 0);
+                    }
+                    if !self.consumer.read_exact(&mut message[..len], &mut flush_deadline) {
+                        return Ok(Ending::ProducerGone);
+                    }
+                    flush_deadline = Some(Instant::now() + self.flush_interval);
+                    if len > 0 {
+                        self.write_chunk(&message[..len])?;
+                    }
+                    if message.len() <= self.message_limit {
+                        self.message = message;
+                    }
+                }
+                MESSAGE_FINISH => {
+                    let mut body = [0u8; 16];
+                    if !self.consumer.read_exact(&mut body, &mut flush_deadline) {
+                        return Ok(Ending::ProducerGone);
+                    }
+                    let (total, elapsed) = body.split_at(8);
+                    let total = u64::from_le_bytes(total.try_into().unwrap_or_default());
+                    let elapsed = u64::from_le_bytes(elapsed.try_into().unwrap_or_default());
+                    self.write_trailer(total, elapsed)?;
+                    self.sink.sync_all()?;
+                    return Ok(Ending::Closed);
+                }
+                MESSAGE_CLOSE => {
+                    self.sink.sync_all()?;
+                    return Ok(Ending::Closed);
+                }
+                other => {
+                    return Err(io::Error::other(format!(
+                        "the recording sent a message of unknown kind {other}"
+                    )))
+                }
+            }
         }
     }
 
@@ -384,12 +720,31 @@ impl ChunkWriterLoop {
         Ok(())
     }
 
-    fn recycle(&self, mut chunk: Vec<u8>) {
-        if chunk.capacity() <= self.recycle_limit {
-            chunk.clear();
-            // Full means the producer has spares enough; dropping the buffer is fine.
-            let _ = self.recycle.try_send(chunk);
-        }
+    fn write_trailer(&mut self, total_events: u64, end_elapsed_ns: u64) -> io::Result<()> {
+        let chunks: Vec<ChunkInfo> = self
+            .chunks_written
+            .iter()
+            .enumerate()
+            .map(|(i, &(offset, first_event))| {
+                let next_first = self
+                    .chunks_written
+                    .get(i + 1)
+                    .map_or(total_events, |next| next.1);
+                ChunkInfo {
+                    offset,
+                    first_event,
+                    events: next_first.saturating_sub(first_event),
+                }
+            })
+            .collect();
+        let trailer = TraceTrailer {
+            events: total_events,
+            chunks,
+            end_elapsed_ns,
+        };
+        let json = serde_json::to_vec(&trailer).map_err(io::Error::other)?;
+        self.sink
+            .write_all(&record_frame(RECORD_KIND_TRAILER, &json)?)
     }
 }
 
@@ -446,6 +801,9 @@ mod tests {
         fn sync_all(&mut self) -> io::Result<()> {
             Ok(())
         }
+        fn raw_fd(&self) -> Option<RawFd> {
+            None
+        }
     }
 
     #[test]
@@ -458,7 +816,7 @@ mod tests {
             header_written: false,
             dev_full,
         };
-        let writer = TraceWriter::start(
+        let mut writer = TraceWriter::start(
             Box::new(sink),
             "/x/trace/0.rtrace".to_owned(),
             &header_frame(&sample_header()).unwrap(),
@@ -469,9 +827,8 @@ mod tests {
 
         let mut enc = ChunkEncoder::new(1024);
         enc.end();
-        writer
-            .submit(enc.take_chunk(writer.spare_buffer()))
-            .unwrap();
+        let spare = writer.spare_buffer();
+        writer.submit(enc.take_chunk(spare)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while writer.failure().is_none() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
@@ -483,9 +840,8 @@ mod tests {
         assert!(failure.to_lowercase().contains("space"), "{failure}");
 
         enc.end();
-        let err = writer
-            .submit(enc.take_chunk(writer.spare_buffer()))
-            .unwrap_err();
+        let spare = writer.spare_buffer();
+        let err = writer.submit(enc.take_chunk(spare)).unwrap_err();
         assert_eq!(err.0, failure);
         let finish_error = writer.finish(2).unwrap_err();
         assert_eq!(finish_error.kind(), io::ErrorKind::StorageFull);

@@ -13,7 +13,7 @@ fn clock_reads_cost(name: &str, start: f64) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
     let options = WriterOptions::default();
-    let writer = TraceWriter::create(&path, &common::sample_header(), options.clone()).unwrap();
+    let mut writer = TraceWriter::create(&path, &common::sample_header(), options.clone()).unwrap();
     let mut encoder = ChunkEncoder::new(options.chunk_capacity);
     let mut uncompressed = 0usize;
 
@@ -26,13 +26,15 @@ fn clock_reads_cost(name: &str, start: f64) -> (f64, f64) {
         encoder.call(CLOCK, None);
         encoder.float_delta(CLOCK, t);
         if encoder.is_full() {
-            let chunk = encoder.take_chunk(writer.spare_buffer());
+            let spare = writer.spare_buffer();
+            let chunk = encoder.take_chunk(spare);
             uncompressed += chunk.len();
             writer.submit(chunk).unwrap();
         }
     }
     encoder.end();
-    let chunk = encoder.take_chunk(writer.spare_buffer());
+    let spare = writer.spare_buffer();
+            let chunk = encoder.take_chunk(spare);
     uncompressed += chunk.len();
     writer.submit(chunk).unwrap();
     writer.finish(encoder.events_written()).unwrap();

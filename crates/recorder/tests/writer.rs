@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use common::sample_header;
 use retrace_recorder::encode::CHUNK_SLACK;
-use retrace_recorder::{ChunkEncoder, TraceErrorKind, TraceReader, TraceWriter, WriterOptions};
+use retrace_recorder::{
+    wait_until_written, ChunkEncoder, TraceErrorKind, TraceReader, TraceWriter, WriterOptions,
+};
 
 #[test]
 fn an_existing_file_is_refused_and_left_alone() {
@@ -38,7 +40,7 @@ fn flush_due_turns_on_after_the_interval_and_submit_clears_it() {
         flush_interval: Duration::from_millis(30),
         ..WriterOptions::default()
     };
-    let writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
     let mut encoder = ChunkEncoder::new(1024);
 
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -47,29 +49,31 @@ fn flush_due_turns_on_after_the_interval_and_submit_clears_it() {
         std::thread::sleep(Duration::from_millis(5));
     }
     encoder.end();
-    writer
-        .submit(encoder.take_chunk(writer.spare_buffer()))
-        .unwrap();
+    let spare = writer.spare_buffer();
+    writer.submit(encoder.take_chunk(spare)).unwrap();
     assert!(!writer.flush_due(), "submit clears flush_due");
     // And it comes back after another quiet interval.
     while !writer.flush_due() {
         assert!(Instant::now() < deadline, "flush_due never turned on again");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let trailer = writer.finish(encoder.events_written()).unwrap();
+    writer.finish(encoder.events_written()).unwrap();
+    let mut reader = TraceReader::open(&path).unwrap();
+    reader.events().for_each(drop);
+    let trailer = reader.trailer().unwrap();
     assert_eq!(trailer.events, 1);
     assert_eq!(trailer.chunks.len(), 1);
 }
 
 #[test]
-fn spare_buffers_are_empty_with_room_for_a_chunk_and_get_recycled() {
+fn spare_buffers_are_empty_with_room_for_a_chunk_and_get_reused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
     let options = WriterOptions {
         chunk_capacity: 1000,
         ..WriterOptions::default()
     };
-    let writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), options).unwrap();
     let spare = writer.spare_buffer();
     assert!(spare.is_empty());
     assert!(spare.capacity() >= 1000 + CHUNK_SLACK);
@@ -79,19 +83,10 @@ fn spare_buffers_are_empty_with_room_for_a_chunk_and_get_recycled() {
     let chunk = encoder.take_chunk(spare);
     let submitted_ptr = chunk.as_ptr();
     writer.submit(chunk).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let buffer = writer.spare_buffer();
-        assert!(buffer.is_empty());
-        if buffer.as_ptr() == submitted_ptr {
-            break; // the writer thread handed the submitted buffer back
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the submitted buffer never came back"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    // The chunk was copied into the stream: its buffer is the next spare, cleared.
+    let buffer = writer.spare_buffer();
+    assert!(buffer.is_empty());
+    assert_eq!(buffer.as_ptr(), submitted_ptr);
     writer.finish(1).unwrap();
 }
 
@@ -99,26 +94,24 @@ fn spare_buffers_are_empty_with_room_for_a_chunk_and_get_recycled() {
 fn empty_chunks_are_not_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
-    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
     writer.submit(Vec::new()).unwrap();
-    let trailer = writer.finish(0).unwrap();
-    assert!(trailer.chunks.is_empty());
+    writer.finish(0).unwrap();
     let mut reader = TraceReader::open(&path).unwrap();
     assert_eq!(reader.events().count(), 0);
-    assert!(reader.trailer().is_some());
+    assert!(reader.trailer().unwrap().chunks.is_empty());
 }
 
 #[test]
 fn dropping_without_finish_writes_the_chunks_but_no_trailer() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
-    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
     let mut encoder = ChunkEncoder::new(1024);
     encoder.thread(1);
     encoder.end();
-    writer
-        .submit(encoder.take_chunk(writer.spare_buffer()))
-        .unwrap();
+    let spare = writer.spare_buffer();
+    writer.submit(encoder.take_chunk(spare)).unwrap();
     drop(writer);
 
     let mut reader = TraceReader::open(&path).unwrap();
@@ -146,4 +139,15 @@ fn abandon_returns_at_once_and_writes_nothing_more() {
     assert!(started.elapsed() < Duration::from_secs(1));
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(std::fs::metadata(&path).unwrap().len(), header_len);
+}
+
+#[test]
+fn the_trace_counts_as_written_once_the_writer_has_closed_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    assert!(!wait_until_written(&path, Duration::from_millis(30)).unwrap());
+    writer.finish(0).unwrap();
+    assert!(wait_until_written(&path, Duration::from_millis(30)).unwrap());
+    assert!(wait_until_written(&dir.path().join("missing.rtrace"), Duration::ZERO).unwrap());
 }

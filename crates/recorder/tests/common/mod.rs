@@ -10,8 +10,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use retrace_recorder::wire::FN_HAS_DIGEST;
 use retrace_recorder::{
-    ChunkEncoder, Event, FnDef, ProcessKind, PythonInfo, RecordedError, TraceHeader, TraceTrailer,
-    TraceWriter, Value, WriterOptions, FORMAT_VERSION,
+    ChunkEncoder, Event, FnDef, ProcessKind, PythonInfo, RecordedError, TraceHeader, TraceReader,
+    TraceTrailer, TraceWriter, Value, WriterOptions, FORMAT_VERSION,
 };
 
 pub fn sample_header() -> TraceHeader {
@@ -48,6 +48,7 @@ pub fn small_chunk_options(chunk_capacity: usize) -> WriterOptions {
         channel_chunks: 2,
         zstd_level: 1,
         flush_interval: Duration::from_secs(3600),
+        ..WriterOptions::default()
     }
 }
 
@@ -123,34 +124,37 @@ pub struct Recorded {
 
 /// Runs `steps` through an encoder and a writer creating `path`.
 pub fn record(steps: &[Step], path: &Path, options: WriterOptions) -> Recorded {
-    let writer =
+    let mut writer =
         TraceWriter::create(path, &sample_header(), options.clone()).expect("create the trace");
     let mut encoder = ChunkEncoder::new(options.chunk_capacity);
     let mut model = Model::default();
     let mut chunks_submitted = 0;
-    let mut submit = |encoder: &mut ChunkEncoder, writer: &TraceWriter| {
-        writer
-            .submit(encoder.take_chunk(writer.spare_buffer()))
-            .expect("submit");
+    let mut submit = |encoder: &mut ChunkEncoder, writer: &mut TraceWriter| {
+        let spare = writer.spare_buffer();
+        writer.submit(encoder.take_chunk(spare)).expect("submit");
         chunks_submitted += 1;
     };
     for step in steps {
         if let Step::Flush = step {
             if !encoder.is_empty() {
-                submit(&mut encoder, &writer);
+                submit(&mut encoder, &mut writer);
             }
             continue;
         }
         model.apply(step, &mut encoder);
         if encoder.is_full() {
-            submit(&mut encoder, &writer);
+            submit(&mut encoder, &mut writer);
         }
     }
     if !encoder.is_empty() {
-        submit(&mut encoder, &writer);
+        submit(&mut encoder, &mut writer);
     }
     assert_eq!(encoder.events_written(), model.expected.len() as u64);
-    let trailer = writer.finish(encoder.events_written()).expect("finish");
+    writer.finish(encoder.events_written()).expect("finish");
+    // The reader meets the trailer at the end of the events.
+    let mut reader = TraceReader::open(path).expect("reopen the trace");
+    reader.events().for_each(drop);
+    let trailer = reader.trailer().cloned().expect("a finished trace has a trailer");
     Recorded {
         expected: model.expected,
         trailer,
