@@ -31,6 +31,9 @@ pub struct SourceFile {
     pub snapshot: String,
     /// xxh3-128 of the bytes, hex.
     pub xxh3_128: String,
+    /// The copy's length, to check at the end that the writer wrote it.
+    #[serde(skip)]
+    pub len: u64,
 }
 
 /// What `stat` told the import system: mode, size, modification time.
@@ -67,8 +70,9 @@ pub enum ImportView {
         /// The stdlib sources the program ran (path, relative to the stdlib), hashed when the
         /// recording ends: reading them as they are imported would slow every import.
         stdlib_seen: BTreeMap<String, String>,
-        /// Sources whose copy could not be written (warned about once).
-        copies_failed: usize,
+        /// Copies to hand to the trace writer (target, bytes): it writes them, off the
+        /// importing thread.
+        pending_copies: Vec<(PathBuf, Vec<u8>)>,
     },
     Replaying { dir: PathBuf, sources: Sources },
 }
@@ -112,7 +116,7 @@ impl ImportView {
             stdlib_dir,
             sources: Sources::default(),
             stdlib_seen: BTreeMap::new(),
-            copies_failed: 0,
+            pending_copies: Vec::new(),
         }
     }
 
@@ -161,7 +165,7 @@ impl ImportView {
     /// script) is about to read. Copied once, as it is now; a failure to copy only means a
     /// replay will need the file in place.
     pub fn capture_file(&mut self, path: &str) {
-        let ImportView::Recording { dir, skip, stdlib_dir, sources, stdlib_seen, copies_failed } = self else { return };
+        let ImportView::Recording { skip, stdlib_dir, sources, stdlib_seen, .. } = self else { return };
         if !path.ends_with(".py") || sources.files.contains_key(path) || stdlib_seen.contains_key(path) {
             return;
         }
@@ -173,24 +177,24 @@ impl ImportView {
             }
             Place::Left => return,
         }
-        // Copied now, on the importing thread: the copy holds the bytes the program ran, even
-        // if the file changes later. (Not on a thread of our own: the recorded program must
-        // keep the number of threads it has, see the writer's module doc.)
+        // Read now: the copy holds the bytes the program ran, even if the file changes later.
+        // The trace writer writes it (see `send_pending_copies`).
         let Ok(bytes) = std::fs::read(path) else { return };
         let relative = format!("run{path}");
-        let target = dir.join(&relative);
-        let written = target.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&target, &bytes));
-        if let Err(e) = written {
-            // No partial copy is left, and the source is not listed: a replay reads it in
-            // place (the main script's copy is checked before sources.json is read).
-            let _ = std::fs::remove_file(&target);
-            if *copies_failed == 0 {
-                eprintln!("retrace: warning: cannot copy {path} into the recording ({e}); a replay will need it in place");
-            }
-            *copies_failed += 1;
-            return;
+        let ImportView::Recording { dir, sources, pending_copies, .. } = self else { return };
+        sources.files.insert(
+            path.to_owned(),
+            SourceFile { snapshot: relative.clone(), xxh3_128: hash_hex(&bytes), len: bytes.len() as u64 },
+        );
+        pending_copies.push((dir.join(relative), bytes));
+    }
+
+    /// The copies not yet handed to the trace writer.
+    pub fn take_pending_copies(&mut self) -> Vec<(PathBuf, Vec<u8>)> {
+        match self {
+            ImportView::Recording { pending_copies, .. } => std::mem::take(pending_copies),
+            ImportView::Replaying { .. } => Vec::new(),
         }
-        sources.files.insert(path.to_owned(), SourceFile { snapshot: relative, xxh3_128: hash_hex(&bytes) });
     }
 
     pub fn note_listing(&mut self, path: &str, entries: Vec<String>) {
@@ -215,11 +219,40 @@ impl ImportView {
         }
     }
 
-    pub fn write(&mut self) -> std::io::Result<()> {
+    /// Writes `sources.json`, once the trace writer has finished (it wrote the copies). A
+    /// source whose copy is missing or short is left out, with one warning: a replay reads it
+    /// in place.
+    pub fn write(&mut self, copy_problem: Option<String>) -> std::io::Result<()> {
         let ImportView::Recording { dir, sources, stdlib_seen, .. } = self else { return Ok(()) };
         for (path, relative) in std::mem::take(stdlib_seen) {
             if let Ok(bytes) = std::fs::read(&path) {
                 sources.stdlib.insert(relative, hash_hex(&bytes));
+            }
+        }
+        let missing: Vec<String> = sources
+            .files
+            .iter()
+            .filter(|(_, file)| std::fs::metadata(dir.join(&file.snapshot)).map_or(true, |m| m.len() != file.len))
+            .map(|(original, _)| original.clone())
+            .collect();
+        if !missing.is_empty() {
+            // The writer's own words for its first failure, named by the original path.
+            let run = dir.join("run");
+            let (first, why) = copy_problem
+                .as_deref()
+                .and_then(|problem| problem.split_once(": "))
+                .and_then(|(target, error)| {
+                    let original = format!("/{}", Path::new(target).strip_prefix(&run).ok()?.display());
+                    Some((original, error.to_owned()))
+                })
+                .unwrap_or_else(|| (missing[0].clone(), "the copy is missing".to_owned()));
+            let more = match missing.len() {
+                1 => String::new(),
+                n => format!(", and {} more sources", n - 1),
+            };
+            eprintln!("retrace: warning: cannot copy {first} into the recording ({why}){more}; a replay will need it in place");
+            for original in &missing {
+                sources.files.remove(original);
             }
         }
         let text = serde_json::to_string_pretty(sources).map_err(std::io::Error::other)?;
@@ -268,7 +301,27 @@ impl ImportView {
 fn with_view<R>(f: impl FnOnce(&mut ImportView) -> R) -> Option<R> {
     // SAFETY: only called from hooks, with the GIL held.
     let py = unsafe { crate::session::py() };
-    crate::session::STATE.with(py, |s| s.imports.as_mut().map(f)).flatten()
+    crate::session::STATE
+        .with(py, |s| {
+            let result = s.imports.as_mut().map(f);
+            send_pending_copies(s);
+            result
+        })
+        .flatten()
+}
+
+/// Hands the copies the import view has taken to the trace writer. Without a recording
+/// (it stopped) they are dropped: `write` leaves those sources out.
+pub fn send_pending_copies(s: &mut crate::session::State) {
+    let Some(view) = s.imports.as_mut() else { return };
+    let copies = view.take_pending_copies();
+    if let crate::session::Session::Recording(rec) = &mut s.session {
+        for (target, bytes) in copies {
+            if rec.writer.copy_file(&target, &bytes).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// The first argument as a path string.
@@ -438,9 +491,10 @@ pub fn capture_main_script(path: &str) {
     with_view(|v| v.capture_file(path));
 }
 
-/// Recording: writes `sources.json` (at the end of the session).
-pub fn finish() -> std::io::Result<()> {
-    with_view(|v| v.write()).unwrap_or(Ok(()))
+/// Recording: writes `sources.json` (at the end of the session, after the trace writer
+/// finished). `copy_problem` is the writer's first failed copy ("TARGET: ERROR").
+pub fn finish(copy_problem: Option<String>) -> std::io::Result<()> {
+    with_view(|v| v.write(copy_problem)).unwrap_or(Ok(()))
 }
 
 #[cfg(test)]

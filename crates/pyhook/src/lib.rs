@@ -221,6 +221,8 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             // SAFETY: the GIL is held (we have a Python token).
             signals::MAIN_THREAD.store(unsafe { pyo3::ffi::PyThreadState_Get() }, Ordering::Relaxed);
             s.session = session;
+            // The copies of the sources imported before the session started.
+            imports::send_pending_copies(s);
             // What the program reads from standard input is input: recorded, replayed.
             s.fds.insert(0, fds::FdKind::File);
         })
@@ -334,15 +336,23 @@ pub(crate) fn finish_session() {
     match session {
         Some(Session::Recording(mut rec)) => {
             pg::finish_recording();
-            if let Err(e) = imports::finish() {
-                eprintln!("retrace: warning: cannot write the recording's sources.json: {e}");
+            // SAFETY: as above.
+            let copies = unsafe { STATE.with_unchecked(|s| s.imports.as_mut().map(imports::ImportView::take_pending_copies)) };
+            for (target, bytes) in copies.flatten().unwrap_or_default() {
+                if rec.writer.copy_file(&target, &bytes).is_err() {
+                    break;
+                }
             }
             rec.enc.end();
             let total = rec.enc.events_written();
-            let result = rec.submit().and_then(|()| rec.writer.finish(total).map(drop).map_err(|e| e.to_string()));
+            let result = rec.submit().and_then(|()| rec.writer.finish(total).map_err(|e| e.to_string()));
             if let Err(e) = result {
                 MODE.store(MODE_RECORD, Ordering::Relaxed);
                 stop_recording(&format!("the trace could not be completed: {e}"));
+            }
+            // After the writer has finished: it wrote the sources' copies, which this checks.
+            if let Err(e) = imports::finish(rec.writer.copy_problem()) {
+                eprintln!("retrace: warning: cannot write the recording's sources.json: {e}");
             }
         }
         Some(Session::Replaying(mut rep)) => {

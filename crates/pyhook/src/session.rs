@@ -188,9 +188,7 @@ impl Recorder {
         if self.enc.is_empty() {
             return Ok(());
         }
-        let spare = self.writer.spare_buffer();
-        let chunk = self.enc.take_chunk(spare);
-        self.writer.submit(chunk).map_err(|e| e.to_string())
+        self.writer.submit_encoded(&mut self.enc).map_err(|e| e.to_string())
     }
 
     pub fn warn_unrecordable_once(&mut self) -> bool {

@@ -116,18 +116,38 @@ impl ChunkEncoder {
     /// current thread over.
     pub fn take_chunk(&mut self, mut replacement: Vec<u8>) -> Vec<u8> {
         replacement.clear();
-        if self.chunk_open {
-            // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
-            let payload_len = u32::try_from(self.payload.len()).unwrap_or(u32::MAX);
-            self.buf.extend_from_slice(&self.payload);
-            self.buf.extend_from_slice(&payload_len.to_le_bytes());
-        }
+        let mut chunk = Vec::new();
+        self.drain_chunk(|parts| {
+            chunk = replacement;
+            chunk.clear();
+            for part in parts {
+                chunk.extend_from_slice(part);
+            }
+        });
+        chunk
+    }
+
+    /// Hands the finished chunk to `write` as its three parts (events, payload, payload
+    /// length as u32 LE; all empty when no event was written), then clears the chunk as
+    /// [`Self::take_chunk`] does, keeping both buffers: the writer copies the parts into its
+    /// stream, so the chunk is never assembled.
+    pub fn drain_chunk<R>(&mut self, write: impl FnOnce([&[u8]; 3]) -> R) -> R {
+        // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
+        let payload_len = u32::try_from(self.payload.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let result = if self.chunk_open {
+            write([&self.buf, &self.payload, &payload_len])
+        } else {
+            write([&[], &[], &[]])
+        };
+        self.buf.clear();
         self.payload.clear();
         if self.payload.capacity() > PAYLOAD_KEEP_LIMIT * (self.chunk_capacity + CHUNK_SLACK) {
             // One huge value grew it: give the memory back rather than pin it.
             self.payload.shrink_to(self.chunk_capacity + CHUNK_SLACK);
         }
-        let chunk = std::mem::replace(&mut self.buf, replacement);
+        if self.buf.capacity() > PAYLOAD_KEEP_LIMIT * (self.chunk_capacity + CHUNK_SLACK) {
+            self.buf.shrink_to(self.chunk_capacity + CHUNK_SLACK);
+        }
         self.chunk_open = false;
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -135,7 +155,7 @@ impl ChunkEncoder {
             self.delta_slots.fill(DeltaSlot::default());
             self.generation = 1;
         }
-        chunk
+        result
     }
 
     // ---- events ----

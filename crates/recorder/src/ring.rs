@@ -45,6 +45,11 @@ struct Control {
     failure_len: AtomicU32,
     /// Written by the consumer before it sets `failed`, read by the producer after.
     failure_text: UnsafeCell<[u8; FAILURE_TEXT_MAX]>,
+    /// Set once, after `note_*`, by the consumer's first problem that is not a failure.
+    noted: AtomicBool,
+    note_len: AtomicU32,
+    /// Written by the consumer before it sets `noted`, read by the producer after.
+    note_text: UnsafeCell<[u8; FAILURE_TEXT_MAX]>,
 }
 
 /// The mapping: a [`Control`] page, then `capacity` bytes of stream.
@@ -311,6 +316,19 @@ impl Producer {
         ))
     }
 
+    /// The consumer's first problem that was not a failure (see [`Consumer::note`]).
+    pub(crate) fn note(&self) -> Option<String> {
+        let control = self.control();
+        if !control.noted.load(Ordering::Acquire) {
+            return None;
+        }
+        let len = (control.note_len.load(Ordering::Relaxed) as usize).min(FAILURE_TEXT_MAX);
+        // SAFETY: the consumer wrote the text before its release store of `noted`, which
+        // the acquire load above saw, and never writes it again.
+        let text = unsafe { &(&*control.note_text.get())[..len] };
+        Some(String::from_utf8_lossy(text).into_owned())
+    }
+
     /// Appends `parts` to the stream as one run of bytes, waiting for room as needed; the
     /// consumer sees them when this returns, or earlier in pieces if the stream filled up.
     pub(crate) fn write(&mut self, parts: &[&[u8]]) -> Result<(), Stopped> {
@@ -508,6 +526,23 @@ impl Consumer {
         control.failure_errno.store(errno, Ordering::Relaxed);
         control.failed.store(true, Ordering::Release);
         poke(self.wake.as_raw_fd());
+    }
+
+    /// Keeps `text` for the producer when it is the first problem noted; the consumer goes
+    /// on.
+    pub(crate) fn note(&self, text: &str) {
+        let control = self.region.control();
+        if control.noted.load(Ordering::Relaxed) {
+            return;
+        }
+        let bytes = text.as_bytes();
+        let len = bytes.len().min(FAILURE_TEXT_MAX);
+        // SAFETY: only the consumer writes the text, once (`noted` is still false), before
+        // the release store of `noted`; the producer reads it only after an acquire load
+        // sees `noted`.
+        unsafe { (&mut *control.note_text.get())[..len].copy_from_slice(&bytes[..len]) };
+        control.note_len.store(len as u32, Ordering::Relaxed);
+        control.noted.store(true, Ordering::Release);
     }
 
     /// Tells the producer that the trace is closed.

@@ -37,7 +37,7 @@ use std::path::Path;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::encode::CHUNK_SLACK;
+use crate::encode::{ChunkEncoder, CHUNK_SLACK};
 use crate::header::{record_frame, ChunkInfo, TraceHeader, TraceTrailer};
 use crate::ring::{self, Consumer, Producer, Stopped};
 use crate::wire::{read_varint, RECORD_KIND_HEADER, RECORD_KIND_TRAILER};
@@ -55,6 +55,10 @@ const MESSAGE_CHUNK: u8 = 1;
 const MESSAGE_FINISH: u8 = 2;
 /// `CLOSE`: no trailer (the trace reads as cut short); the writer syncs and reports done.
 const MESSAGE_CLOSE: u8 = 3;
+/// `COPY`: length (u32 LE) of the rest, the target path's length (u32 LE), the path, then
+/// the file's bytes; the writer creates the file (and its directories). See
+/// [`TraceWriter::copy_file`].
+const MESSAGE_COPY: u8 = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriterPlacement {
@@ -288,8 +292,23 @@ impl TraceWriter {
     }
 
     /// Sends a finished chunk (blocks while the writer is `channel_chunks` behind). After a
-    /// writer failure the chunk is dropped and the failure returned.
+    /// writer failure the chunk is dropped and the failure returned. Its buffer comes back
+    /// from [`Self::spare_buffer`].
     pub fn submit(&mut self, chunk: Vec<u8>) -> Result<(), WriterFailed> {
+        let sent = self.send_chunk(&[&chunk]);
+        if chunk.capacity() <= self.recycle_limit {
+            self.spare = Some(chunk);
+        }
+        sent
+    }
+
+    /// Sends the encoder's chunk and clears it, as `submit(encoder.take_chunk(..))` would,
+    /// without assembling the chunk: its parts are copied into the stream as they are.
+    pub fn submit_encoded(&mut self, encoder: &mut ChunkEncoder) -> Result<(), WriterFailed> {
+        encoder.drain_chunk(|parts| self.send_chunk(&parts))
+    }
+
+    fn send_chunk(&mut self, parts: &[&[u8]]) -> Result<(), WriterFailed> {
         if !self.open {
             return Err(WriterFailed("the trace writer is closed".to_owned()));
         }
@@ -297,13 +316,45 @@ impl TraceWriter {
             return Err(self.failed_error(Stopped::Failed));
         }
         self.producer.clear_flush_due();
+        let len: usize = parts.iter().map(|part| part.len()).sum();
         // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
-        let len = u32::try_from(chunk.len()).unwrap_or(u32::MAX).to_le_bytes();
-        let sent = self.producer.write(&[&[MESSAGE_CHUNK], &len, &chunk]);
-        if chunk.capacity() <= self.recycle_limit {
-            self.spare = Some(chunk);
-        }
+        let len = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
+        let header: [&[u8]; 2] = [&[MESSAGE_CHUNK], &len];
+        let sent = match parts {
+            [one] => self.producer.write(&[header[0], header[1], one]),
+            [events, payload, payload_len] => {
+                self.producer.write(&[header[0], header[1], events, payload, payload_len])
+            }
+            _ => {
+                let all: Vec<&[u8]> = header.iter().chain(parts).copied().collect();
+                self.producer.write(&all)
+            }
+        };
         sent.map_err(|stopped| self.failed_error(stopped))
+    }
+
+    /// Has the writer create `target` (and its parent directories) holding `bytes`, in
+    /// order with the chunks: the recording's copies of the program's sources are written
+    /// off the importing thread this way. A copy that cannot be written leaves no file; the
+    /// caller checks for the copies it needs once the writer has finished.
+    pub fn copy_file(&mut self, target: &Path, bytes: &[u8]) -> Result<(), WriterFailed> {
+        use std::os::unix::ffi::OsStrExt;
+        if !self.open {
+            return Err(WriterFailed("the trace writer is closed".to_owned()));
+        }
+        let path = target.as_os_str().as_bytes();
+        let (Ok(path_len), Ok(len)) = (u32::try_from(path.len()), u32::try_from(4 + path.len() + bytes.len())) else {
+            return Ok(()); // Not a source file anyone would import: no copy, as for a failure.
+        };
+        self.producer
+            .write(&[&[MESSAGE_COPY], &len.to_le_bytes(), &path_len.to_le_bytes(), path, bytes])
+            .map_err(|stopped| self.failed_error(stopped))
+    }
+
+    /// The first [`Self::copy_file`] the writer could not write, as "TARGET: ERROR". Final
+    /// once `finish` has returned.
+    pub fn copy_problem(&self) -> Option<String> {
+        self.producer.note()
     }
 
     fn failed_error(&self, stopped: Stopped) -> WriterFailed {
@@ -340,7 +391,7 @@ impl TraceWriter {
     /// Sends the finish message and waits for the writer to write every submitted chunk,
     /// append the trailer frame and fsync. `total_events` is the encoder's
     /// `events_written()` (see the module doc).
-    pub fn finish(mut self, total_events: u64) -> io::Result<()> {
+    pub fn finish(&mut self, total_events: u64) -> io::Result<()> {
         let elapsed = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.end(&[&[MESSAGE_FINISH], &total_events.to_le_bytes(), &elapsed.to_le_bytes()])
     }
@@ -611,6 +662,25 @@ fn close_other_descriptors() {
     }
 }
 
+/// Writes the file a `COPY` message carries. A failure leaves no file, and is described as
+/// "PATH: ERROR" for [`TraceWriter::copy_problem`].
+fn write_copy(body: &[u8]) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let malformed = || "a copy message without its path".to_owned();
+    let (path_len, rest) = body.split_first_chunk::<4>().ok_or_else(malformed)?;
+    let path_len = u32::from_le_bytes(*path_len) as usize;
+    let (path, bytes) = rest.split_at_checked(path_len).ok_or_else(malformed)?;
+    let target = Path::new(std::ffi::OsStr::from_bytes(path));
+    let written = target
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(target, bytes));
+    written.map_err(|error| {
+        let _ = std::fs::remove_file(target);
+        format!("{}: {error}", target.display())
+    })
+}
+
 /// How the writer loop ended.
 enum Ending {
     /// Finish or close: everything sent is written, and the producer waits to hear it.
@@ -679,6 +749,19 @@ impl ChunkWriterLoop {
                     }
                     if message.len() <= self.message_limit {
                         self.message = message;
+                    }
+                }
+                MESSAGE_COPY => {
+                    let mut len = [0u8; 4];
+                    if !self.consumer.read_exact(&mut len, &mut flush_deadline) {
+                        return Ok(Ending::ProducerGone);
+                    }
+                    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
+                    if !self.consumer.read_exact(&mut body, &mut flush_deadline) {
+                        return Ok(Ending::ProducerGone);
+                    }
+                    if let Err(problem) = write_copy(&body) {
+                        self.consumer.note(&problem);
                     }
                 }
                 MESSAGE_FINISH => {
@@ -752,7 +835,6 @@ impl ChunkWriterLoop {
 mod tests {
     use super::*;
     use crate::header::PythonInfo;
-    use crate::ChunkEncoder;
 
     fn sample_header() -> TraceHeader {
         TraceHeader {

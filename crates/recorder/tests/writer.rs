@@ -26,7 +26,7 @@ fn an_existing_file_is_refused_and_left_alone() {
 fn the_header_is_on_disk_as_soon_as_create_returns() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
-    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
     let reader = TraceReader::open(&path).unwrap();
     assert_eq!(reader.header(), &sample_header());
     writer.finish(0).unwrap();
@@ -145,9 +145,68 @@ fn abandon_returns_at_once_and_writes_nothing_more() {
 fn the_trace_counts_as_written_once_the_writer_has_closed_it() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("0.rtrace");
-    let writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let mut writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
     assert!(!wait_until_written(&path, Duration::from_millis(30)).unwrap());
     writer.finish(0).unwrap();
     assert!(wait_until_written(&path, Duration::from_millis(30)).unwrap());
     assert!(wait_until_written(&dir.path().join("missing.rtrace"), Duration::ZERO).unwrap());
+}
+
+/// The pyhook's path: the encoder's parts go into the stream without being assembled, and
+/// the trace reads as if the assembled chunk had been submitted.
+#[test]
+fn submit_encoded_writes_what_take_chunk_and_submit_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = |path: &std::path::Path, encoded: bool| {
+        let mut writer = TraceWriter::create(path, &sample_header(), WriterOptions::default()).unwrap();
+        let mut encoder = ChunkEncoder::new(1024);
+        encoder.fn_def(0, 0, "os.urandom");
+        for i in 0..500u32 {
+            encoder.call(0, None);
+            encoder.bytes(&i.to_le_bytes().repeat(3));
+            if encoder.is_full() || i == 499 {
+                if encoded {
+                    writer.submit_encoded(&mut encoder).unwrap();
+                } else {
+                    let spare = writer.spare_buffer();
+                    writer.submit(encoder.take_chunk(spare)).unwrap();
+                }
+            }
+        }
+        writer.finish(encoder.events_written()).unwrap();
+        let mut reader = TraceReader::open(path).unwrap();
+        // What the chunks hold; not where they landed or when they were written.
+        let read: Vec<_> = reader
+            .events()
+            .map(|e| e.unwrap())
+            .map(|r| (r.index, r.thread, format!("{:?}", r.event)))
+            .collect();
+        (read, reader.trailer().unwrap().chunks.len())
+    };
+    let assembled = events(&dir.path().join("a.rtrace"), false);
+    let encoded = events(&dir.path().join("b.rtrace"), true);
+    assert!(assembled.1 > 3, "several chunks");
+    assert_eq!(assembled.0.len(), 501);
+    assert!(assembled == encoded, "the two traces differ");
+}
+
+/// The recording's source copies go through the writer: written with their directories,
+/// and the first one that cannot be written is kept for the recording to report.
+#[test]
+fn copies_are_written_and_the_first_failure_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("0.rtrace");
+    let mut writer = TraceWriter::create(&path, &sample_header(), WriterOptions::default()).unwrap();
+    let copy = dir.path().join("run/home/me/app/mod.py");
+    writer.copy_file(&copy, b"print(1)\n").unwrap();
+    // A file where a directory should be: this copy cannot be written.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"").unwrap();
+    writer.copy_file(&blocker.join("x.py"), b"x = 1\n").unwrap();
+    writer.copy_file(&blocker.join("y.py"), b"y = 1\n").unwrap();
+    writer.finish(0).unwrap();
+    assert_eq!(std::fs::read(&copy).unwrap(), b"print(1)\n");
+    let problem = writer.copy_problem().expect("the failed copy is reported");
+    let prefix = format!("{}: ", blocker.join("x.py").display());
+    assert!(problem.starts_with(&prefix), "{problem}");
 }
