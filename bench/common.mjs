@@ -1,8 +1,9 @@
 // Helpers shared by the benchmark workloads: timed runs, statistics, the recording hook's
 // environment, instruction counts under callgrind.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -44,30 +45,44 @@ export function stats(values) {
 
 /** Instructions the program runs (all threads, and its writer process when recording), under callgrind. */
 export function instructions(python, args, env) {
-  const r = spawnSync('valgrind', [...CALLGRIND, python, ...args], {
-    env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26,
-  });
-  return collectedInstructions(r.status, r.stderr || String(r.error ?? ''));
+  const logs = mkdtempSync(join(tmpdir(), 'retrace-cg-'));
+  try {
+    const r = spawnSync('valgrind', [...callgrindArgs(logs), python, ...args], {
+      env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26,
+    });
+    return collectedInstructions(r.status, logs, r.stderr || String(r.error ?? ''));
+  } finally {
+    rmSync(logs, { recursive: true, force: true });
+  }
 }
 
-/** valgrind's arguments that count instructions (all threads) without writing a profile. */
-export const CALLGRIND = ['--tool=callgrind', '--callgrind-out-file=/dev/null'];
+/**
+ * valgrind's arguments that count instructions (all threads) without writing a profile. They
+ * follow exec'd children, because a recording's writer is the `retrace-writer` program, and
+ * log each process to `logs/PID.log`: the writer's standard error is /dev/null.
+ */
+export function callgrindArgs(logs) {
+  return ['--tool=callgrind', '--callgrind-out-file=/dev/null', '--trace-children=yes', `--log-file=${join(logs, '%p.log')}`];
+}
 
 /**
- * The instruction count callgrind printed on stderr, for a run that exited `status`. A
- * recording forks its writer process through an intermediate child that only forks and
- * exits; callgrind prints a line for each process, and a forked child's count starts from
- * its parent's at the fork. So the writer's own work is its count less the intermediate's,
- * and it is added to the program's, as the writer thread's work used to be counted.
+ * The instructions of a run under {@link callgrindArgs} that exited `status`. A recording
+ * starts its writer (`retrace-writer`, crates/recorder/src/writer.rs), which forks once and
+ * whose first copy exits at once; a forked copy's count starts from its parent's at the
+ * fork. So the writer's own work is the second copy's count less the first's; it is added
+ * to the program's, as the writer thread's work used to be counted.
  */
-export function collectedInstructions(status, stderr) {
-  const text = stderr ?? '';
-  const main = /==(\d+)== Command:/.exec(text)?.[1];
-  const lines = [...text.matchAll(/==(\d+)== Collected : (\d+)/g)].map((m) => ({ pid: m[1], count: Number(m[2]) }));
-  const program = lines.find((l) => l.pid === main);
-  if (status !== 0 || program === undefined) throw new Error(`valgrind failed (is it installed?): ${text.slice(-2000)}`);
-  const children = lines.filter((l) => l !== program).map((l) => l.count).sort((a, b) => a - b);
-  if (children.length === 0) return program.count;
-  if (children.length === 2) return program.count + children[1] - children[0];
-  throw new Error(`valgrind followed ${children.length} child processes; expected none or a writer and its parent: ${text.slice(-2000)}`);
+export function collectedInstructions(status, logs, stderr = '') {
+  const runs = readdirSync(logs).map((name) => {
+    const text = readFileSync(join(logs, name), 'utf8');
+    return { command: /== Command: (.*)/.exec(text)?.[1] ?? '', count: Number(/== Collected : (\d+)/.exec(text)?.[1] ?? NaN) };
+  });
+  const writers = runs.filter((r) => r.command.includes('retrace-writer')).map((r) => r.count).sort((a, b) => a - b);
+  const program = runs.filter((r) => !r.command.includes('retrace-writer'));
+  if (status !== 0 || program.length !== 1 || Number.isNaN(program[0].count) || writers.some(Number.isNaN)) {
+    throw new Error(`valgrind failed (is it installed?): ${stderr.slice(-2000)}${runs.map((r) => r.command).join('\n')}`);
+  }
+  if (writers.length === 0) return program[0].count;
+  if (writers.length === 2) return program[0].count + writers[1] - writers[0];
+  throw new Error(`valgrind saw ${writers.length} writer processes; expected none or one that forked once`);
 }

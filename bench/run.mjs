@@ -13,7 +13,7 @@ import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs
 import { createServer } from 'node:net';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CALLGRIND, collectedInstructions, hookEnv, instructions, programs, root, stats, timed, traceBytes } from './common.mjs';
+import { callgrindArgs, collectedInstructions, hookEnv, instructions, programs, root, stats, timed, traceBytes } from './common.mjs';
 import { INCUMBENT_PACKAGE, INCUMBENT_VERSION, incumbentRecord, incumbentReplay, probeIncumbent, setupIncumbent } from './incumbent.mjs';
 import { readerThroughput } from './reader.mjs';
 
@@ -252,8 +252,13 @@ if (selected('flask-instructions')) {
   // instructions do not.
   const requests = Number(option('--flask-instruction-requests', '100'));
   const count = async (env, n) => {
-    const run = await serveFlask('valgrind', [...CALLGRIND, python], env, n);
-    return collectedInstructions(run.code, run.stderr);
+    const logs = mkdtempSync(join(tmpdir(), 'retrace-cg-'));
+    try {
+      const run = await serveFlask('valgrind', [...callgrindArgs(logs), python], env, n);
+      return collectedInstructions(run.code, logs, run.stderr);
+    } finally {
+      rmSync(logs, { recursive: true, force: true });
+    }
   };
   const plain = (await count(process.env, requests)) - (await count(process.env, 0));
   const dirs = [freshDir(), freshDir()];
