@@ -710,12 +710,17 @@ struct ChunkWriterLoop {
 
 impl ChunkWriterLoop {
     fn run(mut self) {
-        match self.serve() {
-            Ok(Ending::Closed) => self.consumer.finished(),
+        let ending = self.serve();
+        let ChunkWriterLoop { sink, consumer, description, .. } = self;
+        // Closed before the recording hears that we are done, so the trace's lock is gone
+        // by the time the program exits (see `wait_until_written`).
+        drop(sink);
+        match ending {
+            Ok(Ending::Closed) => consumer.finished(),
             Ok(Ending::ProducerGone) => {}
             Err(error) => {
-                let message = format!("cannot write the trace {}: {error}", self.description);
-                self.consumer.fail(&message, error.raw_os_error().unwrap_or(0));
+                let message = format!("cannot write the trace {description}: {error}");
+                consumer.fail(&message, error.raw_os_error().unwrap_or(0));
             }
         }
     }
