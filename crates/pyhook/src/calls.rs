@@ -352,6 +352,12 @@ impl RawCall {
         if has_keywords || args.len() > MAX_ARGS {
             return None;
         }
+        if let [arg] = args {
+            // SAFETY: per this function's contract.
+            if let Some(digest) = unsafe { one_argument_digest(*arg) } {
+                return Some(digest);
+            }
+        }
         let mut buffer = [0u8; 128];
         let mut len = 0;
         for &arg in args {
@@ -365,6 +371,25 @@ impl RawCall {
         }
         Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }
+}
+
+/// The digest of a call's one argument (`sock.send(data)`, `sock.recv(n)`, `os.urandom(n)`,
+/// the most frequent calls), from a buffer just large enough for a scalar or a short str or
+/// bytes: the same bytes, so the same digest, as [`RawCall::small_digest`]'s loop and the
+/// streaming hasher; None for anything longer or else, which they hash.
+///
+/// # Safety
+/// The GIL is held and `arg` is alive.
+#[inline(always)]
+unsafe fn one_argument_digest(arg: *mut ffi::PyObject) -> Option<u32> {
+    let mut buffer = [0u8; 48];
+    // SAFETY: per this function's contract.
+    let len = match unsafe { crate::codec::scalar_digest_bytes(arg, &mut buffer) } {
+        Some(n) => n,
+        // SAFETY: per this function's contract.
+        None => unsafe { crate::codec::text_digest_bytes(arg, &mut buffer) }?,
+    };
+    Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
 }
 
 impl InitCall {
