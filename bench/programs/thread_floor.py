@@ -1,8 +1,9 @@
 # What a second thread costs a socket call, with nothing recorded: loopback round trips as
 # in socket_loop.py, timed in loops of N round trips (best and median of REPS), then again
 # after an idle thread has started. Once a process has two threads, glibc brackets every
-# send and recv with its asynchronous-cancellation switch; a recording always has its
-# writer thread, so this is part of the cost a recording adds to a socket call.
+# send and recv with its asynchronous-cancellation switch. That is why a recording's writer
+# is a process of its own (crates/recorder/src/writer.rs): with a writer thread, this was
+# part of the cost a recording added to every socket call.
 #   python3 thread_floor.py [N] [REPS]
 import statistics
 import sys
