@@ -8,9 +8,8 @@
 import os
 import statistics
 import sys
-import time
 
-from socket_loop import PING, PONG, connected_pair
+from socket_loop import connected_pair, ns_per_call
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
 from retrace import _pyhook  # noqa: E402  (the extension the recording already loaded)
@@ -18,17 +17,10 @@ from retrace import _pyhook  # noqa: E402  (the extension the recording already 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 reps = int(sys.argv[2]) if len(sys.argv) > 2 else 41
 listener, client, server = connected_pair()
-now = time.perf_counter_ns
 
 
 def per_call():
-    start = now()
-    for _ in range(n):
-        client.send(PING)
-        server.recv(64)
-        server.send(PONG)
-        client.recv(64)
-    return (now() - start) / (4 * n)
+    return ns_per_call(client, server, n)
 
 
 differences = []

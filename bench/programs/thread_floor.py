@@ -8,24 +8,16 @@
 import statistics
 import sys
 import threading
-import time
 
-from socket_loop import PING, PONG, connected_pair
+from socket_loop import connected_pair, ns_per_call
 
 n = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
 reps = int(sys.argv[2]) if len(sys.argv) > 2 else 15
 listener, client, server = connected_pair()
-now = time.perf_counter_ns
 
 
 def per_call():
-    start = now()
-    for _ in range(n):
-        client.send(PING)
-        server.recv(64)
-        server.send(PONG)
-        client.recv(64)
-    return (now() - start) / (4 * n)
+    return ns_per_call(client, server, n)
 
 
 alone = [per_call() for _ in range(reps)]

@@ -361,13 +361,8 @@ impl RawCall {
         let mut buffer = [0u8; 128];
         let mut len = 0;
         for &arg in args {
-            let out = &mut buffer[len..];
             // SAFETY: per this function's contract.
-            len += match unsafe { crate::codec::scalar_digest_bytes(arg, out) } {
-                Some(n) => n,
-                // SAFETY: per this function's contract.
-                None => unsafe { crate::codec::text_digest_bytes(arg, out) }?,
-            };
+            len += unsafe { argument_digest_bytes(arg, &mut buffer[len..]) }?;
         }
         Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }
@@ -384,12 +379,20 @@ impl RawCall {
 unsafe fn one_argument_digest(arg: *mut ffi::PyObject) -> Option<u32> {
     let mut buffer = [0u8; 48];
     // SAFETY: per this function's contract.
-    let len = match unsafe { crate::codec::scalar_digest_bytes(arg, &mut buffer) } {
-        Some(n) => n,
-        // SAFETY: per this function's contract.
-        None => unsafe { crate::codec::text_digest_bytes(arg, &mut buffer) }?,
-    };
+    let len = unsafe { argument_digest_bytes(arg, &mut buffer) }?;
     Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
+}
+
+/// The digest encoding of a scalar, str or bytes argument written to the start of `out`
+/// (see `codec::scalar_digest_bytes`, `codec::text_digest_bytes`); its length, or None
+/// when it is something else or does not fit.
+///
+/// # Safety
+/// The GIL is held and `arg` is alive.
+#[inline(always)]
+unsafe fn argument_digest_bytes(arg: *mut ffi::PyObject, out: &mut [u8]) -> Option<usize> {
+    // SAFETY: per this function's contract.
+    unsafe { crate::codec::scalar_digest_bytes(arg, out).or_else(|| crate::codec::text_digest_bytes(arg, out)) }
 }
 
 impl InitCall {

@@ -235,17 +235,9 @@ impl ImportView {
             .filter(|(_, file)| std::fs::metadata(dir.join(&file.snapshot)).map_or(true, |m| m.len() != file.len))
             .map(|(original, _)| original.clone())
             .collect();
-        if !missing.is_empty() {
-            // The writer's own words for its first failure, named by the original path.
-            let run = dir.join("run");
-            let (first, why) = copy_problem
-                .as_deref()
-                .and_then(|problem| problem.split_once(": "))
-                .and_then(|(target, error)| {
-                    let original = format!("/{}", Path::new(target).strip_prefix(&run).ok()?.display());
-                    Some((original, error.to_owned()))
-                })
-                .unwrap_or_else(|| (missing[0].clone(), "the copy is missing".to_owned()));
+        if let Some(first) = missing.first() {
+            // The writer's own words for its first failure ("copy: error").
+            let why = copy_problem.unwrap_or_else(|| "the copy is missing".to_owned());
             let more = match missing.len() {
                 1 => String::new(),
                 n => format!(", and {} more sources", n - 1),
@@ -316,11 +308,7 @@ pub fn send_pending_copies(s: &mut crate::session::State) {
     let Some(view) = s.imports.as_mut() else { return };
     let copies = view.take_pending_copies();
     if let crate::session::Session::Recording(rec) = &mut s.session {
-        for (target, bytes) in copies {
-            if rec.writer.copy_file(&target, &bytes).is_err() {
-                break;
-            }
-        }
+        rec.copy_files(copies);
     }
 }
 

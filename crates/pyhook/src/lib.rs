@@ -338,11 +338,7 @@ pub(crate) fn finish_session() {
             pg::finish_recording();
             // SAFETY: as above.
             let copies = unsafe { STATE.with_unchecked(|s| s.imports.as_mut().map(imports::ImportView::take_pending_copies)) };
-            for (target, bytes) in copies.flatten().unwrap_or_default() {
-                if rec.writer.copy_file(&target, &bytes).is_err() {
-                    break;
-                }
-            }
+            rec.copy_files(copies.flatten().unwrap_or_default());
             rec.enc.end();
             let total = rec.enc.events_written();
             let result = rec.submit().and_then(|()| rec.writer.finish(total).map_err(|e| e.to_string()));

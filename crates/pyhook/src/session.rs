@@ -191,6 +191,16 @@ impl Recorder {
         self.writer.submit_encoded(&mut self.enc).map_err(|e| e.to_string())
     }
 
+    /// Hands the import view's copies of sources to the trace writer, which writes them. After
+    /// a writer failure the rest are dropped: the sources list leaves out missing copies.
+    pub fn copy_files(&mut self, copies: Vec<(std::path::PathBuf, Vec<u8>)>) {
+        for (target, bytes) in copies {
+            if self.writer.copy_file(&target, &bytes).is_err() {
+                break;
+            }
+        }
+    }
+
     pub fn warn_unrecordable_once(&mut self) -> bool {
         !std::mem::replace(&mut self.warned_unrecordable, true)
     }

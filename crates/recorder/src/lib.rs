@@ -29,7 +29,7 @@ pub use event::{Event, EventRecord, FnDef, ProcessKind, RecordedError, Value};
 pub use header::{ChunkInfo, PythonInfo, TraceHeader, TraceTrailer};
 pub use reader::{Events, TraceError, TraceErrorKind, TraceReader};
 pub use stream::{read_stream, RecordedStream, Segment, StreamError, StreamWriter};
-pub use writer::{wait_until_written, TraceWriter, WriterFailed, WriterKind, WriterOptions, WriterPlacement};
+pub use writer::{wait_until_written, TraceWriter, WriterFailed, WriterOptions, WriterPlacement};
 
 #[cfg(test)]
 mod tests {

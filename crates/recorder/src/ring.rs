@@ -282,7 +282,7 @@ impl Producer {
     }
 
     /// The raw descriptor of this end, for a forked child to close (see
-    /// `TraceWriter::abandon_in_forked_child`).
+    /// `TraceWriter::descriptors_for_forked_child`).
     pub(crate) fn raw_fd(&self) -> RawFd {
         self.wake.as_raw_fd()
     }

@@ -68,13 +68,6 @@ pub enum WriterPlacement {
     Thread,
 }
 
-/// Where the writer of a [`TraceWriter`] ended up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriterKind {
-    Thread,
-    Process,
-}
-
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
     /// Uncompressed bytes after which the encoder's chunk counts as full.
@@ -139,7 +132,6 @@ pub struct TraceWriter {
     producer: Producer,
     /// The writer thread, in thread mode; `None` for a helper process, or once joined.
     thread: Option<JoinHandle<()>>,
-    kind: WriterKind,
     /// The last submitted chunk's buffer, handed back by `spare_buffer`.
     spare: Option<Vec<u8>>,
     buffer_capacity: usize,
@@ -223,10 +215,13 @@ impl TraceWriter {
     ) -> io::Result<TraceWriter> {
         sink.write_all(header_frame)?;
 
-        // Created here rather than by the writer so a bad level fails `create`.
-        let mut compressor = zstd::bulk::Compressor::new(options.zstd_level)?;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-        compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        // Checked here, whoever compresses, so that a bad level fails `create`.
+        if !zstd::compression_level_range().contains(&options.zstd_level) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("zstd has no compression level {}", options.zstd_level),
+            ));
+        }
 
         let buffer_capacity = options.chunk_capacity + CHUNK_SLACK;
         let helper = match options.placement {
@@ -241,7 +236,6 @@ impl TraceWriter {
         let mut trace_writer = TraceWriter {
             producer,
             thread: None,
-            kind: WriterKind::Process,
             spare: None,
             buffer_capacity,
             recycle_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
@@ -264,38 +258,29 @@ impl TraceWriter {
                 return Ok(trace_writer);
             }
         }
-        let writer = Box::new(ChunkWriterLoop {
+        let writer = Box::new(ChunkWriterLoop::new(
             sink,
             description,
-            offset: header_frame.len() as u64,
-            chunks_written: Vec::new(),
-            compressor,
-            compressed: Vec::new(),
-            message: Vec::new(),
-            message_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
+            header_frame.len() as u64,
+            options.zstd_level,
+            options.chunk_capacity,
             consumer,
-            flush_interval: options.flush_interval,
-        });
+            options.flush_interval,
+        )?);
         trace_writer.thread = Some(
             std::thread::Builder::new()
                 .name("retrace-writer".to_owned())
                 .spawn(move || writer.run())?,
         );
-        trace_writer.kind = WriterKind::Thread;
         trace_writer.trace_fd = trace_fd;
         Ok(trace_writer)
-    }
-
-    /// Whether the writer is a helper process or a thread.
-    pub fn kind(&self) -> WriterKind {
-        self.kind
     }
 
     /// Sends a finished chunk (blocks while the writer is `channel_chunks` behind). After a
     /// writer failure the chunk is dropped and the failure returned. Its buffer comes back
     /// from [`Self::spare_buffer`].
     pub fn submit(&mut self, chunk: Vec<u8>) -> Result<(), WriterFailed> {
-        let sent = self.send_chunk(&[&chunk]);
+        let sent = self.send_chunk([&chunk, &[], &[]]);
         if chunk.capacity() <= self.recycle_limit {
             self.spare = Some(chunk);
         }
@@ -305,10 +290,11 @@ impl TraceWriter {
     /// Sends the encoder's chunk and clears it, as `submit(encoder.take_chunk(..))` would,
     /// without assembling the chunk: its parts are copied into the stream as they are.
     pub fn submit_encoded(&mut self, encoder: &mut ChunkEncoder) -> Result<(), WriterFailed> {
-        encoder.drain_chunk(|parts| self.send_chunk(&parts))
+        encoder.drain_chunk(|parts| self.send_chunk(parts))
     }
 
-    fn send_chunk(&mut self, parts: &[&[u8]]) -> Result<(), WriterFailed> {
+    /// Sends a chunk given as its parts (see [`ChunkEncoder::drain_chunk`]), in order.
+    fn send_chunk(&mut self, [events, payload, payload_len]: [&[u8]; 3]) -> Result<(), WriterFailed> {
         if !self.open {
             return Err(WriterFailed("the trace writer is closed".to_owned()));
         }
@@ -316,21 +302,12 @@ impl TraceWriter {
             return Err(self.failed_error(Stopped::Failed));
         }
         self.producer.clear_flush_due();
-        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let len = events.len() + payload.len() + payload_len.len();
         // A chunk is capped far below 4 GiB (the reader refuses more than 256 MiB).
         let len = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
-        let header: [&[u8]; 2] = [&[MESSAGE_CHUNK], &len];
-        let sent = match parts {
-            [one] => self.producer.write(&[header[0], header[1], one]),
-            [events, payload, payload_len] => {
-                self.producer.write(&[header[0], header[1], events, payload, payload_len])
-            }
-            _ => {
-                let all: Vec<&[u8]> = header.iter().chain(parts).copied().collect();
-                self.producer.write(&all)
-            }
-        };
-        sent.map_err(|stopped| self.failed_error(stopped))
+        self.producer
+            .write(&[&[MESSAGE_CHUNK], &len, events, payload, payload_len])
+            .map_err(|stopped| self.failed_error(stopped))
     }
 
     /// Has the writer create `target` (and its parent directories) holding `bytes`, in
@@ -581,27 +558,19 @@ pub fn writer_process_main(args: &[String]) -> i32 {
             )
         };
         let Ok(consumer) = ring::consumer_from(memory, wake) else { return 2 };
-        let writer = (|| -> io::Result<ChunkWriterLoop> {
-            let mut trace = trace;
-            let mut compressor = zstd::bulk::Compressor::new(level)?;
-            compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
-            compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
-            // The header is written: frames go after it.
-            let offset = io::Seek::stream_position(&mut trace)?;
-            let buffer_capacity = chunk_capacity + CHUNK_SLACK;
-            Ok(ChunkWriterLoop {
-                sink: Box::new(trace),
-                description: description.clone(),
+        let mut trace = trace;
+        // The header is written: frames go after it.
+        let writer = io::Seek::stream_position(&mut trace).and_then(|offset| {
+            ChunkWriterLoop::new(
+                Box::new(trace),
+                description.clone(),
                 offset,
-                chunks_written: Vec::new(),
-                compressor,
-                compressed: Vec::new(),
-                message: Vec::new(),
-                message_limit: buffer_capacity.saturating_mul(RECYCLE_GROWTH_LIMIT),
+                level,
+                chunk_capacity,
                 consumer,
-                flush_interval: Duration::from_millis(flush_ms),
-            })
-        })();
+                Duration::from_millis(flush_ms),
+            )
+        });
         match writer {
             Ok(writer) => {
                 writer.run();
@@ -709,6 +678,33 @@ struct ChunkWriterLoop {
 }
 
 impl ChunkWriterLoop {
+    /// The writer of a trace whose first `offset` bytes (the header) are written.
+    fn new(
+        sink: Box<dyn TraceSink>,
+        description: String,
+        offset: u64,
+        zstd_level: i32,
+        chunk_capacity: usize,
+        consumer: Consumer,
+        flush_interval: Duration,
+    ) -> io::Result<ChunkWriterLoop> {
+        let mut compressor = zstd::bulk::Compressor::new(zstd_level)?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+        compressor.set_parameter(zstd::zstd_safe::CParameter::ContentSizeFlag(true))?;
+        Ok(ChunkWriterLoop {
+            sink,
+            description,
+            offset,
+            chunks_written: Vec::new(),
+            compressor,
+            compressed: Vec::new(),
+            message: Vec::new(),
+            message_limit: (chunk_capacity + CHUNK_SLACK).saturating_mul(RECYCLE_GROWTH_LIMIT),
+            consumer,
+            flush_interval,
+        })
+    }
+
     fn run(mut self) {
         let ending = self.serve();
         let ChunkWriterLoop { sink, consumer, description, .. } = self;
@@ -734,38 +730,22 @@ impl ChunkWriterLoop {
             }
             match kind[0] {
                 MESSAGE_CHUNK => {
-                    let mut len = [0u8; 4];
-                    if !self.consumer.read_exact(&mut len, &mut flush_deadline) {
+                    let Some(len) = self.read_body(&mut flush_deadline) else {
                         return Ok(Ending::ProducerGone);
-                    }
-                    let len = u32::from_le_bytes(len) as usize;
-                    // The buffer keeps its length between messages, so it is zeroed only
-                    // when it grows.
-                    let mut message = std::mem::take(&mut self.message);
-                    if message.len() < len {
-                        message.resize(len, 0);
-                    }
-                    if !self.consumer.read_exact(&mut message[..len], &mut flush_deadline) {
-                        return Ok(Ending::ProducerGone);
-                    }
+                    };
                     flush_deadline = Some(Instant::now() + self.flush_interval);
                     if len > 0 {
-                        self.write_chunk(&message[..len])?;
-                    }
-                    if message.len() <= self.message_limit {
+                        let message = std::mem::take(&mut self.message);
+                        let written = self.write_chunk(&message[..len]);
                         self.message = message;
+                        written?;
                     }
                 }
                 MESSAGE_COPY => {
-                    let mut len = [0u8; 4];
-                    if !self.consumer.read_exact(&mut len, &mut flush_deadline) {
+                    let Some(len) = self.read_body(&mut flush_deadline) else {
                         return Ok(Ending::ProducerGone);
-                    }
-                    let mut body = vec![0u8; u32::from_le_bytes(len) as usize];
-                    if !self.consumer.read_exact(&mut body, &mut flush_deadline) {
-                        return Ok(Ending::ProducerGone);
-                    }
-                    if let Err(problem) = write_copy(&body) {
+                    };
+                    if let Err(problem) = write_copy(&self.message[..len]) {
                         self.consumer.note(&problem);
                     }
                 }
@@ -792,6 +772,26 @@ impl ChunkWriterLoop {
                 }
             }
         }
+    }
+
+    /// Reads a message's length (u32 LE) and body into `self.message`: its length, or None
+    /// when the producer went away first. The buffer keeps its length between messages, so
+    /// it is zeroed only when it grows; one that grew past `message_limit` is let go.
+    fn read_body(&mut self, flush_deadline: &mut Option<Instant>) -> Option<usize> {
+        let mut len = [0u8; 4];
+        if !self.consumer.read_exact(&mut len, flush_deadline) {
+            return None;
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if self.message.len() > self.message_limit.max(len) {
+            self.message = Vec::new();
+        }
+        if self.message.len() < len {
+            self.message.resize(len, 0);
+        }
+        self.consumer
+            .read_exact(&mut self.message[..len], flush_deadline)
+            .then_some(len)
     }
 
     fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
