@@ -486,3 +486,41 @@ test.serial("record --chaos perturbs thread hand-offs, and each chaotic recordin
   }
   t.true(outputs.some((o) => o !== sequential), `no chaotic recording interleaved the threads: ${outputs.join(" | ")}`);
 });
+
+test.serial("a thread that gives up the GIL while it holds the recorder's state (as pyo3 does when it first fills a once-cell) loses no other thread's events", async (t) => {
+  // RETRACE_TEST_YIELD_GIL=1 makes every recorded event give up the GIL for a moment with
+  // the state borrowed. The other threads' lock operations must wait for it, not pass
+  // through unrecorded: one lost Condition notify made replays of this diverge.
+  const r = await recordAndReplay(
+    `
+    import concurrent.futures, threading
+    lock = threading.Lock()
+    def work(n):
+        with lock:
+            pass
+        if n % 3 == 0:
+            try:
+                {}[n]
+            except KeyError:
+                pass
+        return n * n
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(work, i) for i in range(40)]
+        print(sorted(f.result() for f in concurrent.futures.as_completed(futures)))
+    cond, ready = threading.Condition(), []
+    def waiter(i):
+        with cond:
+            cond.wait_for(lambda: ready)
+    waiters = [threading.Thread(target=waiter, args=(i,)) for i in range(3)]
+    for w in waiters: w.start()
+    with cond:
+        ready.append(1)
+        cond.notify_all()
+    for w in waiters: w.join()
+    print("done")
+  `,
+    { env: { RETRACE_TEST_YIELD_GIL: "1" }, replayEnv: {} },
+  );
+  t.regex(r.record.stdout, /^\[0, 1, 4, .*\]\ndone\n$/);
+  await replaysAlike(t, r);
+});

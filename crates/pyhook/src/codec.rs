@@ -278,8 +278,8 @@ impl StructSeq {
                 return None;
             }
             let py = pyo3::Python::assume_attached();
-            let fields = Self::type_count(ty, pyo3::intern!(py, "n_fields"))?;
-            let unnamed = Self::type_count(ty, pyo3::intern!(py, "n_unnamed_fields")).unwrap_or(0);
+            let fields = Self::type_count(ty, crate::interned!(py, "n_fields"))?;
+            let unnamed = Self::type_count(ty, crate::interned!(py, "n_unnamed_fields")).unwrap_or(0);
             let visible = ffi::PyTuple_GET_SIZE(obj) as usize;
             let members = (*ty).tp_members;
             let named = |i: usize| i.checked_sub(unnamed).is_some_and(|m| !(*members.add(m)).name.is_null());
@@ -355,8 +355,8 @@ pub unsafe fn qualified_name(ty: *mut ffi::PyObject) -> String {
             ffi::Py_DECREF(v);
             s
         };
-        let module = part(pyo3::intern!(py, "__module__")).unwrap_or_else(|| "builtins".to_owned());
-        let qualname = part(pyo3::intern!(py, "__qualname__")).unwrap_or_else(|| "object".to_owned());
+        let module = part(crate::interned!(py, "__module__")).unwrap_or_else(|| "builtins".to_owned());
+        let qualname = part(crate::interned!(py, "__qualname__")).unwrap_or_else(|| "object".to_owned());
         format!("{module}:{qualname}")
     }
 }

@@ -8,7 +8,7 @@ use crate::session::{
     MODE_RECORD, MODE_REPLAY, STATE,
 };
 use pyo3::ffi;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// Exit status of a replay that diverged from its recording.
@@ -274,11 +274,30 @@ unsafe fn record_with_on(hook: &'static Hook, thread: Option<u32>, write: impl F
             };
             rec.begin(thread, hook);
             write(rec);
+            if YIELD_GIL_WHILE_RECORDING.load(Ordering::Relaxed) {
+                yield_gil_while_recording();
+            }
             rec.after_event().err()
         })
         .flatten();
     if let Some(reason) = failure {
         stop_recording(&reason);
+    }
+}
+
+/// For the test of [`crate::gil::GilCell`]'s waiting (`RETRACE_TEST_YIELD_GIL=1`): every
+/// recorded event gives up the GIL for a moment while our state is borrowed, as pyo3 did
+/// when it first filled a once-cell, so the other threads' calls meet the borrowed state.
+pub static YIELD_GIL_WHILE_RECORDING: AtomicBool = AtomicBool::new(false);
+
+#[cold]
+#[inline(never)]
+fn yield_gil_while_recording() {
+    // SAFETY: called inside a hook, with the GIL held; it is taken back for this thread.
+    unsafe {
+        let state = ffi::PyEval_SaveThread();
+        std::thread::sleep(std::time::Duration::from_micros(50));
+        ffi::PyEval_RestoreThread(state);
     }
 }
 

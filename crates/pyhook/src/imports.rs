@@ -481,8 +481,13 @@ pub fn capture_main_script(path: &str) {
 
 /// Recording: writes `sources.json` (at the end of the session, after the trace writer
 /// finished). `copy_problem` is the writer's first failed copy ("TARGET: ERROR").
-pub fn finish(copy_problem: Option<String>) -> std::io::Result<()> {
-    with_view(|v| v.write(copy_problem)).unwrap_or(Ok(()))
+///
+/// # Safety
+/// As for [`crate::gil::GilCell::with_unchecked`]: called where the session ends, at exit
+/// (the interpreter finalized, no thread state) or in `os._exit` (the GIL held).
+pub unsafe fn finish(copy_problem: Option<String>) -> std::io::Result<()> {
+    // SAFETY: per the function's contract.
+    unsafe { crate::session::STATE.with_unchecked(|s| s.imports.as_mut().map(|v| v.write(copy_problem))) }.flatten().unwrap_or(Ok(()))
 }
 
 #[cfg(test)]

@@ -156,6 +156,9 @@ fn start(py: Python<'_>, mode: &str, dir: PathBuf, own_prefix: String, info: &Bo
             if std::env::var_os("RETRACE_WRITER").is_some_and(|v| v == "thread") {
                 options.placement = WriterPlacement::Thread;
             }
+            if std::env::var_os("RETRACE_TEST_YIELD_GIL").is_some_and(|v| v == "1") {
+                dispatch::YIELD_GIL_WHILE_RECORDING.store(true, Ordering::Relaxed);
+            }
             let enc = ChunkEncoder::new(options.chunk_capacity);
             let writer = TraceWriter::create(&trace, &header, options).map_err(|e| {
                 PyRuntimeError::new_err(format!("cannot create {}: {e}", trace.display()))
@@ -347,7 +350,8 @@ pub(crate) fn finish_session() {
                 stop_recording(&format!("the trace could not be completed: {e}"));
             }
             // After the writer has finished: it wrote the sources' copies, which this checks.
-            if let Err(e) = imports::finish(rec.writer.copy_problem()) {
+            // SAFETY: as above.
+            if let Err(e) = unsafe { imports::finish(rec.writer.copy_problem()) } {
                 eprintln!("retrace: warning: cannot write the recording's sources.json: {e}");
             }
         }
@@ -383,6 +387,8 @@ extern "C" fn in_forked_child() {
     // own trace (see ARCHITECTURE.md); until then it runs unhooked.
     FORKED_CHILD.store(true, Ordering::Relaxed);
     MODE.store(MODE_OFF, Ordering::Relaxed);
+    // SAFETY: right after the fork, in the child, before any other code of ours runs there.
+    unsafe { STATE.free_after_fork() };
     // Its copies of the writer's descriptors would keep the writer from seeing the parent
     // end (and hold the trace's lock) for as long as the child lives.
     for slot in &WRITER_FDS {

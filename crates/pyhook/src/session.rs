@@ -68,11 +68,13 @@ impl Threads {
     }
 
     /// The calling thread's index: the one given when it was started through `_thread`
-    /// (see `threads.rs`), or else assigned when it first reaches a hook.
+    /// (see `threads.rs`), or else assigned when it first reaches a hook. Only inside
+    /// `STATE.with`, never `with_unchecked` (which runs where there may be no thread state).
     #[inline(always)]
     pub fn current(&mut self) -> u32 {
-        // SAFETY: the GIL is held (we are inside GilCell::with), so the thread state is valid.
-        let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
+        // SAFETY: we are inside `STATE.with` (our `&mut self` is borrowed from it), whose
+        // owner is the calling thread's state, valid while the GIL is held.
+        let id = unsafe { ffi::PyThreadState_GetID(STATE.owner()) } as u64;
         if id == self.last_id {
             return self.last_index;
         }

@@ -90,7 +90,7 @@ pub enum CallbackKind {
 /// at replay: (`description`, `rowcount`, `lastrowid`). Interned once: a name made from a C
 /// string on every read was most of the read's cost.
 fn cursor_state_names(py: Python<'_>) -> [&Bound<'_, pyo3::types::PyString>; 3] {
-    [pyo3::intern!(py, "description"), pyo3::intern!(py, "rowcount"), pyo3::intern!(py, "lastrowid")]
+    [crate::interned!(py, "description"), crate::interned!(py, "rowcount"), crate::interned!(py, "lastrowid")]
 }
 
 /// `Connection.__init__(database, ...)`.
@@ -358,7 +358,7 @@ unsafe fn fetch(hook: &'static Hook, cursor: *mut ffi::PyObject, digest: Option<
     unsafe {
         let py = py();
         let cursor_obj = Bound::from_borrowed_ptr(py, cursor);
-        let factory = cursor_obj.getattr(pyo3::intern!(py, "row_factory")).ok().filter(|f| !f.is_none());
+        let factory = cursor_obj.getattr(crate::interned!(py, "row_factory")).ok().filter(|f| !f.is_none());
         let (raw, plan) = if mode() == MODE_RECORD {
             match fetch_recorded(hook, &cursor_obj, factory.is_some(), digest, live) {
                 Some(fetched) => fetched,
@@ -413,18 +413,18 @@ unsafe fn fetch_recorded<'py>(
     // SAFETY: see the function's contract.
     unsafe {
         let py = cursor.py();
-        let factory = if has_factory { cursor.getattr(pyo3::intern!(py, "row_factory")).ok() } else { None };
+        let factory = if has_factory { cursor.getattr(crate::interned!(py, "row_factory")).ok() } else { None };
         if factory.is_some() {
-            let _ = cursor.setattr(pyo3::intern!(py, "row_factory"), py.None());
+            let _ = cursor.setattr(crate::interned!(py, "row_factory"), py.None());
         }
         // `str` and `bytes` are decoded by the C code itself; anything else is a callable.
-        let connection = cursor.getattr(pyo3::intern!(py, "connection")).ok();
-        let text_factory = connection.as_ref().and_then(|c| c.getattr(pyo3::intern!(py, "text_factory")).ok()).filter(|tf| {
+        let connection = cursor.getattr(crate::interned!(py, "connection")).ok();
+        let text_factory = connection.as_ref().and_then(|c| c.getattr(crate::interned!(py, "text_factory")).ok()).filter(|tf| {
             !(tf.is(py.get_type::<pyo3::types::PyString>()) || tf.is(py.get_type::<pyo3::types::PyBytes>()))
         });
         if let (Some(conn), Some(tf)) = (&connection, &text_factory) {
             if let Ok(mark) = Bound::new(py, ConverterMark { name: None, func: tf.clone().unbind() }) {
-                let _ = conn.setattr(pyo3::intern!(py, "text_factory"), mark);
+                let _ = conn.setattr(crate::interned!(py, "text_factory"), mark);
             }
         }
         let before = read_state(cursor.as_ptr());
@@ -434,10 +434,10 @@ unsafe fn fetch_recorded<'py>(
         // Put the factories back whatever happened, keeping the call's own exception.
         let pending = pyo3::PyErr::take(py);
         if let Some(f) = &factory {
-            let _ = cursor.setattr(pyo3::intern!(py, "row_factory"), f);
+            let _ = cursor.setattr(crate::interned!(py, "row_factory"), f);
         }
         if let (Some(conn), Some(tf)) = (&connection, &text_factory) {
-            let _ = conn.setattr(pyo3::intern!(py, "text_factory"), tf);
+            let _ = conn.setattr(crate::interned!(py, "text_factory"), tf);
         }
         if let Some(e) = pending {
             e.restore(py);
@@ -1070,7 +1070,7 @@ fn converters(py: Python<'_>) -> Option<Bound<'_, PyDict>> {
 /// hooks). Looked up directly: `import sys` through the import system, on every statement,
 /// was a large part of what recording one cost.
 fn sqlite_module(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    let name = pyo3::intern!(py, "_sqlite3");
+    let name = crate::interned!(py, "_sqlite3");
     // SAFETY: the GIL is held (we have a token); PyImport_GetModule returns a new reference
     // or NULL, with an exception set only on a lookup error.
     unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyImport_GetModule(name.as_ptr())) }
@@ -1137,9 +1137,9 @@ fn restore_marks(converters: bool, swapped: Vec<(Py<PyAny>, Py<PyAny>, Py<PyAny>
 
 fn marks_dict_name(py: Python<'_>, converters: bool) -> &Bound<'_, pyo3::types::PyString> {
     if converters {
-        pyo3::intern!(py, "converters")
+        crate::interned!(py, "converters")
     } else {
-        pyo3::intern!(py, "adapters")
+        crate::interned!(py, "adapters")
     }
 }
 
@@ -1281,8 +1281,8 @@ fn replay_params_callback(py: Python<'_>, handle: u32, call_args: &Bound<'_, PyT
     let (Some(set), Ok(key)) = (set, call_args.get_item(0)) else { return Ok(()) };
     let obj = set.bind(py).get_item(key)?;
     let module = sqlite_module(py)?;
-    let key = (obj.get_type(), module.getattr(pyo3::intern!(py, "PrepareProtocol"))?);
-    if let Some(adapter) = module.getattr(pyo3::intern!(py, "adapters"))?.cast_into::<PyDict>()?.get_item(key)? {
+    let key = (obj.get_type(), module.getattr(crate::interned!(py, "PrepareProtocol"))?);
+    if let Some(adapter) = module.getattr(crate::interned!(py, "adapters"))?.cast_into::<PyDict>()?.get_item(key)? {
         adapter.call1((obj,))?;
     }
     Ok(())

@@ -40,7 +40,7 @@ thread_local! {
 /// acquire (`is_alive()`) is a schedule point: its answer depends on timing.
 /// Read on every lock operation: the GIL guards it (every access is from a hook or a weak
 /// reference callback), where a mutex cost two locked instructions per lock operation.
-static SENTINELS: crate::gil::GilCell<Option<rustc_hash::FxHashSet<usize>>> = crate::gil::GilCell::new(None);
+static SENTINELS: crate::gil::LeafCell<Option<rustc_hash::FxHashSet<usize>>> = crate::gil::LeafCell::new(None);
 
 /// Runs `f` on the sentinel set. The GIL must be held.
 fn with_sentinels<R>(f: impl FnOnce(&mut Option<rustc_hash::FxHashSet<usize>>) -> R) -> Option<R> {
@@ -155,7 +155,7 @@ unsafe fn unscheduled_caller() -> bool {
 /// The code object [`unscheduled_caller`] judged last (a strong reference) and its verdict:
 /// a loop's lock operations come from one function, whose names need reading only once
 /// (that reading was ~220 of a lock operation's ~840 instructions).
-static LAST_CALLER: crate::gil::GilCell<Option<(usize, bool)>> = crate::gil::GilCell::new(None);
+static LAST_CALLER: crate::gil::LeafCell<Option<(usize, bool)>> = crate::gil::LeafCell::new(None);
 
 /// `acquire(blocking=True, timeout=-1)` called so that it waits.
 ///
