@@ -1,8 +1,9 @@
 /**
  * Launching the interpreter for `record` and `replay`: stdio inherited, signals forwarded,
- * and the child's exit status passed through as ours.
+ * and the child's exit status passed through as ours. The start is the native binding's
+ * (`crates/node/src/launch.rs`, `posix_spawn`): Node's `child_process` and the modules
+ * behind it cost the CLI's start-up ~10 ms.
  */
-import { spawn } from "node:child_process";
 import { constants } from "node:os";
 import { EXIT_COULD_NOT_START, RetraceError, describe } from "./errors.js";
 import { loadNative } from "./native.js";
@@ -35,32 +36,32 @@ export interface LaunchResult {
  */
 export const FORWARDED_SIGNALS: readonly NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"];
 
-/** Spawns the interpreter with inherited stdio and waits for it, forwarding signals. */
-export function launch(opts: LaunchOptions): Promise<LaunchResult> {
-  return new Promise((resolvePromise, reject) => {
-    const started = performance.now();
-    const child = spawn(opts.executable, opts.args, {
-      cwd: opts.cwd,
-      env: opts.env,
-      stdio: "inherit",
-    });
-    if (child.pid !== undefined) {
-      loadNative().forwardSignals(child.pid, FORWARDED_SIGNALS.map((signal) => constants.signals[signal]));
-    }
+/** The name of signal number `signum` (`SIGTERM`), or null when it has none here. */
+function signalName(signum: number): NodeJS.Signals | null {
+  for (const [name, number] of Object.entries(constants.signals)) {
+    if (number === signum) return name as NodeJS.Signals;
+  }
+  return null;
+}
 
-    child.once("error", (err) => {
-      reject(
-        new RetraceError(
-          `could not start ${opts.executable}: ${describe(err)}`,
-          "check that the interpreter exists and is executable",
-          EXIT_COULD_NOT_START,
-        ),
-      );
-    });
-    child.once("exit", (code, signal) => {
-      resolvePromise({ code, signal, durationMs: performance.now() - started });
-    });
-  });
+/** Starts the interpreter with inherited stdio and waits for it, forwarding signals. */
+export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
+  const env = Object.entries(opts.env).flatMap(([name, value]) => (value === undefined ? [] : [`${name}=${value}`]));
+  const signals = FORWARDED_SIGNALS.map((signal) => constants.signals[signal]);
+  const native = loadNative();
+  let ended: ReturnType<typeof native.launchProgram>;
+  try {
+    ended = native.launchProgram(opts.executable, [...opts.args], env, opts.cwd, signals);
+  } catch (err) {
+    throw new RetraceError(
+      `could not start ${opts.executable}: ${describe(err)}`,
+      "check that the interpreter exists and is executable",
+      EXIT_COULD_NOT_START,
+    );
+  }
+  const exit = await ended;
+  const signal = exit.signal === undefined || exit.signal === null ? null : signalName(exit.signal);
+  return { code: exit.code ?? (signal === null ? 1 : null), signal, durationMs: exit.durationMs };
 }
 
 /**

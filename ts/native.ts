@@ -14,7 +14,7 @@ export type NativeTraceReader = Binding.TraceReader;
 export type NativeEventBatch = Binding.EventBatch;
 export interface NativeBinding {
   TraceReader: typeof Binding.TraceReader;
-  forwardSignals: typeof Binding.forwardSignals;
+  launchProgram: typeof Binding.launchProgram;
   restoreDefaultSignal: typeof Binding.restoreDefaultSignal;
   waitForTraceWriters: typeof Binding.waitForTraceWriters;
 }

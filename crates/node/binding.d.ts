@@ -78,10 +78,22 @@ export interface EventBatch {
 }
 
 /**
- * Forwards `signals` received from other processes to `pid` (see the module comment).
- * Replaces Node's own handling of those signals until `restoreDefaultSignal`.
+ * Starts `executable` (a path; `argv[0]` is that path) with `args`, exactly the
+ * environment `env` (`NAME=value` strings) and the working directory `cwd`; forwards
+ * `signals` to it (see `signals.rs`). The promise resolves when it ends. Throws with the
+ * reason (`No such file or directory`, ...) when it cannot be started.
  */
-export declare function forwardSignals(pid: number, signals: Array<number>): void
+export declare function launchProgram(executable: string, args: Array<string>, env: Array<string>, cwd: string, signals: Array<number>): Promise<ProgramExit>
+
+/** How the program ended. */
+export interface ProgramExit {
+  /** Its exit code, or null when a signal ended it. */
+  code?: number
+  /** The number of the signal that ended it, or null. */
+  signal?: number
+  /** Wall-clock time from the start to the end, in milliseconds. */
+  durationMs: number
+}
 
 /** Puts back the default action of `signum` (before the CLI dies from it, as its child did). */
 export declare function restoreDefaultSignal(signum: number): void

@@ -8,6 +8,7 @@
 
 #![deny(clippy::all)]
 
+pub mod launch;
 pub mod signals;
 
 use std::fmt::Write as _;

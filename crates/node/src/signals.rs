@@ -26,10 +26,9 @@ extern "C" fn forward(signum: c_int, info: *mut libc::siginfo_t, _context: *mut 
 
 /// Forwards `signals` received from other processes to `pid` (see the module comment).
 /// Replaces Node's own handling of those signals until `restoreDefaultSignal`.
-#[napi]
-pub fn forward_signals(pid: i32, signals: Vec<i32>) -> napi::Result<()> {
+pub fn forward_signals_to(pid: libc::pid_t, signals: &[i32]) -> napi::Result<()> {
     CHILD.store(pid, Ordering::Relaxed);
-    for signum in signals {
+    for &signum in signals {
         // SAFETY: installing a handler that only reads an atomic and calls kill(2).
         let failed = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
