@@ -15,6 +15,7 @@ export type NativeEventBatch = Binding.EventBatch;
 export interface NativeBinding {
   TraceReader: typeof Binding.TraceReader;
   launchProgram: typeof Binding.launchProgram;
+  exitNow: typeof Binding.exitNow;
   restoreDefaultSignal: typeof Binding.restoreDefaultSignal;
   waitForTraceWriters: typeof Binding.waitForTraceWriters;
 }

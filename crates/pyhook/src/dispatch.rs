@@ -49,17 +49,17 @@ pub unsafe fn boundary_where(
     // SAFETY: the GIL is held, per the caller's guarantee.
     unsafe {
         match mode() {
-            MODE_RECORD => match active_thread_where(applies) {
+            MODE_RECORD => match active_caller_where(applies) {
                 // The thread found here is the one recording: looked up once per call.
-                Some(thread) => {
+                Some(caller) => {
                     let d = digest();
-                    let result = crate::signals::in_call_on(thread == 0, invoke);
-                    record_outcome_on(hook, Some(thread), d, result);
+                    let result = crate::signals::in_call_on(caller.thread == 0, invoke);
+                    record_outcome_on(hook, Some(caller), d, result);
                     result
                 }
                 None => invoke(),
             },
-            MODE_REPLAY => match active_thread_where(applies) {
+            MODE_REPLAY => match active_caller_where(applies) {
                 Some(_) => outcome_object(replay_take(hook, digest())),
                 None => invoke(),
             },
@@ -176,7 +176,16 @@ pub unsafe fn is_active() -> bool {
 /// The GIL must be held.
 pub unsafe fn active_thread() -> Option<u32> {
     // SAFETY: per the caller's guarantee.
-    unsafe { active_thread_where(|_| true) }
+    unsafe { active_caller_where(|_| true) }.map(|caller| caller.thread)
+}
+
+/// The thread making a call, as found when the call starts, for the recording of its end.
+#[derive(Clone, Copy)]
+pub struct Caller {
+    /// Its index.
+    pub thread: u32,
+    /// Its thread state.
+    tstate: *mut ffi::PyThreadState,
 }
 
 /// [`active_thread`], when `applies` holds of our state.
@@ -184,7 +193,7 @@ pub unsafe fn active_thread() -> Option<u32> {
 /// # Safety
 /// The GIL must be held.
 #[inline(always)]
-unsafe fn active_thread_where(applies: impl FnOnce(&State) -> bool) -> Option<u32> {
+unsafe fn active_caller_where(applies: impl FnOnce(&State) -> bool) -> Option<Caller> {
     // SAFETY: per the caller's guarantee.
     if unsafe { crate::debugger::foreign_call() } {
         return None;
@@ -197,7 +206,7 @@ unsafe fn active_thread_where(applies: impl FnOnce(&State) -> bool) -> Option<u3
                 return None;
             }
             let thread = s.threads.current();
-            (!s.threads.gate_open_for(thread)).then_some(thread)
+            (!s.threads.gate_open_for(thread)).then_some(Caller { thread, tstate: STATE.owner() })
         })
         .flatten()
 }
@@ -216,10 +225,10 @@ pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *
 /// # Safety
 /// As for [`record_outcome`].
 #[inline(always)]
-unsafe fn record_outcome_on(hook: &'static Hook, thread: Option<u32>, digest: Option<u32>, result: *mut ffi::PyObject) {
+unsafe fn record_outcome_on(hook: &'static Hook, caller: Option<Caller>, digest: Option<u32>, result: *mut ffi::PyObject) {
     // SAFETY: the GIL is held; encoding reads exact builtin objects only.
     unsafe {
-        record_with_on(hook, thread, |rec| {
+        record_with_on(hook, caller, |rec| {
             if result.is_null() {
                 record_raise(&mut rec.enc, hook.id, digest);
             } else if !encode_call_result(&mut rec.enc, hook.id, digest, result) {
@@ -261,25 +270,29 @@ pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)
 }
 
 /// # Safety
-/// The GIL must be held; `thread`, when given, is the calling thread's index.
+/// The GIL must be held; `caller`, when given, is the calling thread.
 #[inline(always)]
-unsafe fn record_with_on(hook: &'static Hook, thread: Option<u32>, write: impl FnOnce(&mut Recorder)) {
+unsafe fn record_with_on(hook: &'static Hook, caller: Option<Caller>, write: impl FnOnce(&mut Recorder)) {
     // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
-    let failure = STATE
-        .with(py, |s| {
-            let thread = thread.unwrap_or_else(|| s.threads.current());
-            let Session::Recording(rec) = &mut s.session else {
-                return None;
-            };
-            rec.begin(thread, hook);
-            write(rec);
-            if YIELD_GIL_WHILE_RECORDING.load(Ordering::Relaxed) {
-                yield_gil_while_recording();
-            }
-            rec.after_event().err()
-        })
-        .flatten();
+    let record = |s: &mut State| {
+        let thread = caller.map_or_else(|| s.threads.current(), |c| c.thread);
+        let Session::Recording(rec) = &mut s.session else {
+            return None;
+        };
+        rec.begin(thread, hook);
+        write(rec);
+        if YIELD_GIL_WHILE_RECORDING.load(Ordering::Relaxed) {
+            yield_gil_while_recording();
+        }
+        rec.after_event().err()
+    };
+    let failure = match caller {
+        // SAFETY: the caller's state, read when its call started on this thread.
+        Some(c) => unsafe { STATE.with_as(py, c.tstate, record) },
+        None => STATE.with(py, record),
+    }
+    .flatten();
     if let Some(reason) = failure {
         stop_recording(&reason);
     }

@@ -50,9 +50,20 @@ impl<T> GilCell<T> {
     /// further up this thread's stack. Always inlined: it is a test around `f`, on every
     /// intercepted call, where a call's entry and exit cost more than the test.
     #[inline(always)]
-    pub fn with<R>(&self, _py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> Option<R> {
+    pub fn with<R>(&self, py: Python<'_>, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         // SAFETY: the token proves the GIL is held, so this thread has a thread state.
         let me = unsafe { ffi::PyThreadState_Get() };
+        // SAFETY: `me` is the calling thread's state, just read.
+        unsafe { self.with_as(py, me, f) }
+    }
+
+    /// [`with`](Self::with) for a caller that knows its thread state (from [`owner`](Self::owner)
+    /// in an earlier use during the same call), which saves reading it again.
+    ///
+    /// # Safety
+    /// `me` must be the calling thread's state.
+    #[inline(always)]
+    pub unsafe fn with_as<R>(&self, _py: Python<'_>, me: *mut ffi::PyThreadState, f: impl FnOnce(&mut T) -> R) -> Option<R> {
         let owner = self.owner.get();
         if !owner.is_null() && (owner == me || !self.wait_for_other_thread()) {
             return None;
