@@ -2,7 +2,7 @@ import test from "ava";
 import { chmodSync, existsSync, readFileSync, readdirSync, statSync } from "node:fs";
 import { cp, mkdir, readFile, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { PYTHON, ROOT, makeTempDir, recordAndReplay, runCli, stderrLines, writeProgram } from "./helpers.js";
+import { CLI, PYTHON, ROOT, makeTempDir, recordAndReplay, runCli, runProcess, stderrLines, writeProgram } from "./helpers.js";
 
 /** Asserts the CLI's error voice: exactly `retrace: error: ...` then `hint: ...`, no stack. */
 function assertError(t: import("ava").ExecutionContext, result: { stderr: string }, pattern: RegExp): void {
@@ -448,4 +448,24 @@ test("pack and unpack round-trip a recording", async (t) => {
 
 test("the repository's boot directory is where the CLI points PYTHONPATH", (t) => {
   t.true(existsSync(join(ROOT, "python", "retrace", "_boot", "sitecustomize.py")));
+});
+
+test("the bin starts Node without NODE_EXTRA_CA_CERTS, and the program still gets the user's value, set or not", async (t) => {
+  // Run as a shell runs the bin: its launcher sets the variable aside, so Node does not
+  // parse (or warn about) the bundle, and the CLI puts it back for the program.
+  const dir = await makeTempDir("cacerts");
+  const program = "import os; print(repr(os.environ.get('NODE_EXTRA_CA_CERTS')), sorted(k for k in os.environ if k.startswith('__RETRACE')))";
+  const set = await runProcess(CLI, ["record", "-o", join(dir, "a"), "--", PYTHON, "-c", program], {
+    cwd: dir,
+    env: { NODE_EXTRA_CA_CERTS: "/nonexistent/extra-ca.pem" },
+  });
+  t.is(set.code, 0, set.stderr);
+  t.is(set.stdout, "'/nonexistent/extra-ca.pem' []\n");
+  t.notRegex(set.stderr, /extra certs|NODE_EXTRA_CA_CERTS/i, "Node never read the variable");
+  const empty = await runProcess(CLI, ["record", "-o", join(dir, "b"), "--", PYTHON, "-c", program], { cwd: dir, env: { NODE_EXTRA_CA_CERTS: "" } });
+  t.is(empty.stdout, "'' []\n", empty.stderr);
+  const unset = await runProcess(CLI, ["record", "-o", join(dir, "c"), "--", PYTHON, "-c", program], { cwd: dir, env: { NODE_EXTRA_CA_CERTS: undefined } });
+  t.is(unset.stdout, "None []\n", unset.stderr);
+  const replay = await runProcess(CLI, ["replay", join(dir, "a")], { cwd: dir, env: { NODE_EXTRA_CA_CERTS: "/nonexistent/extra-ca.pem" } });
+  t.is(replay.stdout, set.stdout, replay.stderr);
 });

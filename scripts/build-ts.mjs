@@ -69,5 +69,14 @@ await build({
 });
 
 const cli = join(dist, "cli.cjs");
-writeFileSync(cli, `#!/usr/bin/env node\n${readFileSync(cli, "utf8")}`);
+// The bin starts as a shell script that hands over to Node, without NODE_EXTRA_CA_CERTS:
+// Node parses that certificate bundle at start-up (~50 ms on machines that set it, more
+// than Node's own start), and the CLI makes no TLS connection. The value is passed on
+// aside and put back first thing (ts/cli.ts), so the programs the CLI starts see the
+// environment unchanged. To Node the second line is a string and a comment.
+const launcher = [
+  "#!/bin/sh",
+  `':' //; [ -n "\${NODE_EXTRA_CA_CERTS+set}" ] && export __RETRACE_NODE_EXTRA_CA_CERTS="\$NODE_EXTRA_CA_CERTS" && unset NODE_EXTRA_CA_CERTS; exec node "\$0" "\$@"`,
+].join("\n");
+writeFileSync(cli, `${launcher}\n${readFileSync(cli, "utf8")}`);
 chmodSync(cli, 0o755);

@@ -63,3 +63,18 @@ export function childEnv(
   env["__RETRACE_BOOT"] = JSON.stringify(boot);
   return { env, boot };
 }
+
+/** Where the bin's shell launcher keeps NODE_EXTRA_CA_CERTS while Node starts (see
+ * scripts/build-ts.mjs). */
+const SET_ASIDE_CA_CERTS = "__RETRACE_NODE_EXTRA_CA_CERTS";
+
+/**
+ * Puts back in `env` what the bin's launcher set aside for Node's start, so every program
+ * the CLI starts gets the user's environment as it was.
+ */
+export function restoreSetAsideEnvironment(env: NodeJS.ProcessEnv): void {
+  const saved = env[SET_ASIDE_CA_CERTS];
+  if (saved === undefined) return;
+  env["NODE_EXTRA_CA_CERTS"] = saved;
+  delete env[SET_ASIDE_CA_CERTS];
+}

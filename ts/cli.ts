@@ -14,6 +14,7 @@
  * (dist/cli.cjs, the bin) and the yargs side as ES modules (see scripts/build-ts.mjs).
  */
 import { fastRecordOptions, reportError, splitRecordArgs } from "./cli-args.js";
+import { restoreSetAsideEnvironment } from "./boot.js";
 import { record } from "./record.js";
 import { replay } from "./replay.js";
 
@@ -36,6 +37,7 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+restoreSetAsideEnvironment(process.env);
 main(process.argv.slice(2)).catch((err: unknown) => {
   process.exitCode = reportError(err);
 });
