@@ -51,12 +51,6 @@ const writer = join(root, 'python', 'retrace', 'retrace-writer');
 copyFileSync(join(root, 'target', `py${info.version}`, profile, 'retrace-writer'), writer);
 chmodSync(writer, 0o755);
 
-// Byte-compiled for this interpreter: every recorded start imports the bootstrap, and
-// compiling it from source there cost ~1.5 ms (where PYTHONDONTWRITEBYTECODE is set, or the
-// directory is not writable, on every start).
-const compiled = spawnSync(info.executable, ['-m', 'compileall', '-q', join(root, 'python', 'retrace')], { stdio: 'inherit' });
-if (compiled.status !== 0) fail(`cannot byte-compile python/retrace with ${info.executable}`);
-
 // Remember which interpreters have an extension, for the CLI's "wrong Python" message.
 const manifestPath = join(root, 'python', 'retrace', '_built.json');
 const manifest = existsSync(manifestPath) ? JSON.parse(readFileSync(manifestPath, 'utf8')) : {};
