@@ -109,11 +109,12 @@ impl Drop for SpawnSetup {
     }
 }
 
-/// Prepares the CLI's stdio for the program to inherit, and puts it back afterwards (on
-/// drop). Node marks descriptors 0-2 close-on-exec, and leaves a pipe or terminal among them
-/// in non-blocking mode, which the program would share (it is the same open file): its
-/// writes could then fail with EAGAIN. libuv clears both in the children it starts; this
-/// clears them around the start.
+/// Prepares the CLI's stdio for the program to inherit. Node marks descriptors 0-2
+/// close-on-exec, and leaves a pipe or terminal among them in non-blocking mode, which the
+/// program would share (it is the same open file): its writes could then fail with EAGAIN.
+/// libuv clears both in the children it starts. Here close-on-exec is cleared for the start
+/// and set back on drop; non-blocking mode stays cleared, as after libuv's start (the flag
+/// belongs to the open file the two processes share).
 struct InheritedStdio {
     close_on_exec: [bool; 3],
 }

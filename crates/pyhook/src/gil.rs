@@ -30,6 +30,15 @@ const OTHER_THREAD_PATIENCE: Duration = Duration::from_secs(1);
 
 static WARNED_OTHER_THREAD: AtomicBool = AtomicBool::new(false);
 
+/// Sets a cell back to its free value when a use ends, even on unwinding.
+struct ResetOnDrop<'a, V: Copy>(&'a Cell<V>, V);
+
+impl<V: Copy> Drop for ResetOnDrop<'_, V> {
+    fn drop(&mut self) {
+        self.0.set(self.1);
+    }
+}
+
 pub struct GilCell<T> {
     /// The thread state using the value, or null.
     owner: Cell<*mut ffi::PyThreadState>,
@@ -86,14 +95,8 @@ impl<T> GilCell<T> {
     /// held, or no other thread exists).
     #[inline(always)]
     unsafe fn use_as<R>(&self, owner: *mut ffi::PyThreadState, f: impl FnOnce(&mut T) -> R) -> R {
-        struct Release<'a>(&'a Cell<*mut ffi::PyThreadState>);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.set(std::ptr::null_mut());
-            }
-        }
         self.owner.set(owner);
-        let _release = Release(&self.owner);
+        let _release = ResetOnDrop(&self.owner, std::ptr::null_mut());
         // SAFETY: per the function's contract, no other reference to the value exists: this
         // thread has just claimed it, and no other thread can run here.
         let value = unsafe { &mut *self.value.get() };
@@ -182,13 +185,7 @@ impl<T> LeafCell<T> {
         if self.busy.replace(true) {
             return None;
         }
-        struct Release<'a>(&'a Cell<bool>);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.set(false);
-            }
-        }
-        let _release = Release(&self.busy);
+        let _release = ResetOnDrop(&self.busy, false);
         // SAFETY: the GIL is held (the token proves it), `busy` guarantees no other reference
         // on this thread, and no user gives the GIL up, so no other thread runs here.
         let value = unsafe { &mut *self.value.get() };
