@@ -8,7 +8,7 @@
 import type { ExecutionContext } from "ava";
 import { spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -65,7 +65,8 @@ export interface RunOptions {
   env?: Record<string, string | undefined>;
   /** Written to the CLI's stdin (default: nothing, stdin closed). */
   input?: string;
-  /** Kill the CLI after this long (default 100 s). */
+  /** Kill the CLI and everything it started after this long (default 100 s); the result's
+   * stderr then ends with what each of those processes was doing. */
   timeoutMs?: number;
   /** Called with the child once it has started (e.g. to send it signals). */
   onSpawn?: (child: import("node:child_process").ChildProcess) => void;
@@ -110,7 +111,20 @@ export function runProcess(command: string, args: string[], opts: RunOptions = {
     child.stderr.on("data", (chunk: string) => {
       stderr += chunk;
     });
-    const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 100_000);
+    const timeoutMs = opts.timeoutMs ?? 100_000;
+    const timer = setTimeout(() => {
+      // Killing the CLI alone would leave the program holding our pipes open, and the test
+      // would hang until ava's own timeout, saying nothing about where it stopped.
+      const tree = child.pid === undefined ? [] : processTree(child.pid);
+      stderr += `\n[test harness] killed after ${timeoutMs} ms; the processes were:\n${tree.map((p) => `  ${p.describe}`).join("\n")}\n`;
+      for (const p of tree.reverse()) {
+        try {
+          process.kill(p.pid, "SIGKILL");
+        } catch {
+          // Gone meanwhile.
+        }
+      }
+    }, timeoutMs);
     child.on("error", (err) => {
       clearTimeout(timer);
       reject(err);
@@ -125,6 +139,47 @@ export function runProcess(command: string, args: string[], opts: RunOptions = {
     child.stdin.end(opts.input ?? "");
     opts.onSpawn?.(child);
   });
+}
+
+interface TreeProcess {
+  pid: number;
+  /** "PID COMMAND STATE wchan=... cmdline": where a process that did not end was waiting. */
+  describe: string;
+}
+
+/** `root` and its descendants, parents before children (read from /proc). */
+function processTree(root: number): TreeProcess[] {
+  const read = (path: string): string => {
+    try {
+      return readFileSync(path, "utf8");
+    } catch {
+      return "";
+    }
+  };
+  const children = new Map<number, number[]>();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    const stat = read(`/proc/${entry}/stat`);
+    // The command name is in parentheses and may hold spaces; state and parent pid follow.
+    const parent = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    children.set(parent, [...(children.get(parent) ?? []), Number(entry)]);
+  }
+  const found: TreeProcess[] = [];
+  const visit = (pid: number): void => {
+    const stat = read(`/proc/${pid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0] ?? "?";
+    const command = read(`/proc/${pid}/cmdline`).split("\0").join(" ").trim();
+    const threads = read(`/proc/${pid}/status`).match(/^Threads:\s*(\d+)/m)?.[1] ?? "?";
+    const kernelStack = read(`/proc/${pid}/stack`).split("\n").slice(0, 6).map((l) => l.replace(/^\[<[0-9a-f]+>\] /, "")).filter(Boolean);
+    found.push({
+      pid,
+      describe: `${pid} state=${state} threads=${threads} wchan=${read(`/proc/${pid}/wchan`) || "?"} ${command}` +
+        (kernelStack.length > 0 ? ` [kernel: ${kernelStack.join(" < ")}]` : ""),
+    });
+    for (const child of children.get(pid) ?? []) visit(child);
+  };
+  visit(root);
+  return found;
 }
 
 /** A new empty directory under `.retrace-test/tmp/`. */
