@@ -18,7 +18,7 @@ import { INCUMBENT_PACKAGE, INCUMBENT_VERSION, incumbentRecord, incumbentReplay,
 import { readerThroughput } from './reader.mjs';
 
 const WORKLOADS = [
-  'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions', 'lock',
+  'clock', 'clock-instructions', 'urandom', 'urandom-instructions', 'socket', 'socket-instructions', 'lock', 'in-process',
   'compute', 'compute-instructions', 'gc-instructions', 'hash-instructions', 'lock-instructions', 'flask', 'flask-instructions', 'startup', 'hook-startup', 'reader', 'incumbent',
 ];
 
@@ -177,6 +177,36 @@ if (selected('urandom-instructions')) perCallInstructions('urandom: os.urandom(1
 if (selected('socket')) perCall('socket: loopback send/recv', 'socket_loop.py', socketTrips, 4);
 if (selected('socket')) steadyPerCall('socket: loopback send/recv', 'socket', 10000);
 if (selected('socket-instructions')) perCallInstructions('socket: loopback send/recv', 'socket_loop.py', 10000, 4);
+
+/**
+ * The cost of a recorded call measured inside one recorded process (`in_process.py`): loops
+ * recorded, passed through (the thread's gate open) and unpatched (the C function pointed
+ * back at its original) alternate, so the speed differences between processes stay out.
+ * Each process prints the median over its rounds of (recorded - unpatched) and (passed
+ * through - unpatched); the figure is the min / median / max of those over the processes.
+ */
+function inProcessPerCall(label, kind, n, reps) {
+  const processes = Number(option('--in-process-runs', '3'));
+  const recorded = [];
+  const passedThrough = [];
+  for (let i = 0; i < processes; i++) {
+    const dir = freshDir();
+    const out = JSON.parse(timed(python, [join(programs, 'in_process.py'), kind, String(n), String(reps)], hookEnv('record', dir), { cwd: programs }).stdout);
+    rmSync(dir, { recursive: true, force: true });
+    recorded.push(out.recorded.median);
+    passedThrough.push(out.passed_through.median);
+  }
+  report(`${label}: ns added per call, in one process (record)`, 'ns', recorded, { calls: n, rounds: reps });
+  report(`${label}: ns added per call, in one process (passed through)`, 'ns', passedThrough, { calls: n, rounds: reps });
+}
+
+if (selected('in-process')) {
+  inProcessPerCall('clock: time.time()', 'clock', 20000, 201);
+  inProcessPerCall('urandom: os.urandom(16)', 'urandom', 20000, 201);
+  inProcessPerCall('schedule point: Lock acquire/release', 'lock', 20000, 201);
+  // A round trip takes ~10 us and its time swings by microseconds: short loops, many rounds.
+  inProcessPerCall('socket: loopback send/recv', 'socket', 500, 801);
+}
 
 // The quiet sources of divergence (ARCHITECTURE.md, "Garbage collection", "Identity
 // hashes") and the thread schedule: what they add to the program's own work.

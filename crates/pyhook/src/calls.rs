@@ -134,6 +134,7 @@ impl RawCall {
     /// # Safety
     /// `original` must be the function this proxy replaced, of the same convention, and
     /// the GIL must be held.
+    #[inline(always)]
     pub unsafe fn call_original(&self, original: *mut c_void) -> *mut ffi::PyObject {
         // SAFETY: the caller guarantees `original` has the signature matching this variant,
         // which is the convention the installed proxy was chosen for.

@@ -2,6 +2,7 @@
 
 use crate::codec::{decode_value, encode_call_result, type_name_bytes};
 use crate::exceptions::{raise_recorded, record_raise};
+use crate::calls::RawCall;
 use crate::hooks::Hook;
 use crate::session::{
     mode, py, Divergence, Recorder, Replayed, Session, State, Taken, MODE, MODE_OFF,
@@ -24,10 +25,11 @@ pub static OWN_SOURCE_PREFIX: OnceLock<String> = OnceLock::new();
 ///
 /// # Safety
 /// Called from a proxy with the GIL held; `invoke` performs the original call.
+#[inline(always)]
 pub unsafe fn boundary(
     hook: &'static Hook,
     digest: impl FnOnce() -> Option<u32>,
-    invoke: impl FnOnce() -> *mut ffi::PyObject,
+    invoke: impl Invoke,
 ) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe { boundary_where(hook, |_| true, digest, invoke) }
@@ -37,6 +39,14 @@ pub unsafe fn boundary(
 /// call on a descriptor, which must be tracked): answered in the same borrow of the state
 /// as the thread's gate, which a separate lookup would take again.
 ///
+/// Inlined into the proxy, with everything on the way to `invoke`, so that the original is
+/// called from the proxy's own frame. An original that enters the kernel (`send`, `recv`,
+/// `read`) comes back with the CPU's return-address predictions overwritten by the
+/// kernel's calls: every frame of ours still open then costs a mispredicted return,
+/// ~11-13 ns each on the benchmark machine (`bench/programs/in_process.py`; a socket call
+/// went through three). Work before and after the call (the digest, the event) is in calls
+/// of its own, which start after the kernel is left and return as predicted.
+///
 /// # Safety
 /// As for [`boundary`].
 #[inline(always)]
@@ -44,7 +54,7 @@ pub unsafe fn boundary_where(
     hook: &'static Hook,
     applies: impl FnOnce(&State) -> bool,
     digest: impl FnOnce() -> Option<u32>,
-    invoke: impl FnOnce() -> *mut ffi::PyObject,
+    invoke: impl Invoke,
 ) -> *mut ffi::PyObject {
     // SAFETY: the GIL is held, per the caller's guarantee.
     unsafe {
@@ -53,18 +63,48 @@ pub unsafe fn boundary_where(
                 // The thread found here is the one recording: looked up once per call.
                 Some(caller) => {
                     let d = digest();
-                    let result = crate::signals::in_call_on(caller.thread == 0, invoke);
+                    let inside = crate::signals::InCall::enter(caller.thread == 0);
+                    let result = invoke.invoke();
+                    drop(inside);
                     record_outcome_on(hook, Some(caller), d, result);
                     result
                 }
-                None => invoke(),
+                None => invoke.invoke(),
             },
             MODE_REPLAY => match active_caller_where(applies) {
                 Some(_) => outcome_object(replay_take(hook, digest())),
-                None => invoke(),
+                None => invoke.invoke(),
             },
-            _ => invoke(),
+            _ => invoke.invoke(),
         }
+    }
+}
+
+/// How a boundary makes its call: a closure, or [`Original`].
+pub trait Invoke {
+    /// # Safety
+    /// As for the call it makes.
+    unsafe fn invoke(self) -> *mut ffi::PyObject;
+}
+
+impl<F: FnOnce() -> *mut ffi::PyObject> Invoke for F {
+    #[inline(always)]
+    unsafe fn invoke(self) -> *mut ffi::PyObject {
+        self()
+    }
+}
+
+/// The original C function called with the proxy's own arguments. Not a closure: one
+/// holding this call was compiled out of line on the recording path, a frame of its own
+/// across the call (see [`boundary_where`]).
+pub struct Original(pub RawCall, pub *mut std::os::raw::c_void);
+
+impl Invoke for Original {
+    #[inline(always)]
+    unsafe fn invoke(self) -> *mut ffi::PyObject {
+        // SAFETY: `Original` is only made by proxies, from the hook's original function and
+        // the arguments they were called with.
+        unsafe { self.0.call_original(self.1) }
     }
 }
 

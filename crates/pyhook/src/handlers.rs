@@ -1,7 +1,7 @@
 //! Record and replay behaviour of each kind of hook.
 
 use crate::calls::{InitCall, RawCall};
-use crate::dispatch::{boundary, diverge, is_active, record_with, replay_take};
+use crate::dispatch::{boundary, diverge, is_active, record_with, replay_take, Original};
 use crate::exceptions::raise_recorded;
 use crate::hooks::{Handler, Hook};
 use crate::session::{mode, Divergence, Replayed, MODE_RECORD, MODE_REPLAY};
@@ -39,7 +39,7 @@ unsafe fn dispatch_call(hook: &'static Hook, handler: Handler, call: RawCall) ->
             Handler::Generic => boundary(
                 hook,
                 || hook.digest(|| call.digest()),
-                || call.call_original(original),
+                Original(call, original),
             ),
             Handler::GenericExceptImports if crate::fileio::called_by_import_system() => {
                 if hook.name == "os.getcwd" && is_active() {
@@ -51,15 +51,16 @@ unsafe fn dispatch_call(hook: &'static Hook, handler: Handler, call: RawCall) ->
             Handler::GenericExceptImports => boundary(
                 hook,
                 || hook.digest(|| call.digest()),
-                || call.call_original(original),
+                Original(call, original),
             ),
-            Handler::Readiness => boundary(hook, || hook.digest(|| 0), || call.call_original(original)),
+            Handler::Readiness => boundary(hook, || hook.digest(|| 0), Original(call, original)),
             Handler::DatetimeNow | Handler::DatetimeUtcNow => datetime_now(hook, call),
             Handler::RandomSeed => random_seed(hook, call),
             Handler::ProcessExit => process_exit(hook, call),
             Handler::ProcessExec => process_exec(hook, call),
             Handler::File(op) => crate::fileio::method(hook, op, call),
             Handler::Fd(op) => crate::osfd::dispatch(hook, op, call),
+            Handler::Sock(crate::sockets::SockOp::Plain) => crate::sockets::plain(hook, call),
             Handler::Sock(op) => crate::sockets::method(hook, op, call),
             Handler::SocketPair => crate::sockets::socketpair(hook, call),
             Handler::Scandir => crate::dirs::scandir(hook, call),

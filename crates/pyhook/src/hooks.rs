@@ -152,6 +152,20 @@ impl Hook {
         self.original.load(Ordering::Relaxed)
     }
 
+    /// The proxy that replaces a C function of this calling convention.
+    fn method_proxy(&self, convention: Convention) -> Option<*mut c_void> {
+        let p = &self.proxies;
+        Some(match convention {
+            Convention::NoArgs | Convention::O => p.noargs as *mut c_void,
+            Convention::VarArgs => p.varargs as *mut c_void,
+            Convention::VarArgsKw => p.varargs_kw as *mut c_void,
+            Convention::Fast => p.fast as *mut c_void,
+            Convention::FastKw => p.fast_kw as *mut c_void,
+            Convention::MethodFastKw => p.method_fast_kw as *mut c_void,
+            Convention::InitSlot | Convention::IterNextSlot => return None,
+        })
+    }
+
     /// Whether calls are points of the thread schedule (see `FN_SYNC`): everything but
     /// reads of the process's own state, which must not cost a hand-off between threads.
     pub fn is_sync(&self) -> bool {
@@ -613,16 +627,7 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
         let flags = (*def).ml_flags;
         let convention = Convention::from_flags(flags)
             .ok_or_else(|| format!("unsupported calling convention {flags:#x}"))?;
-        let p = &hook.proxies;
-        let proxy: *mut c_void = match convention {
-            Convention::NoArgs | Convention::O => p.noargs as *mut c_void,
-            Convention::VarArgs => p.varargs as *mut c_void,
-            Convention::VarArgsKw => p.varargs_kw as *mut c_void,
-            Convention::Fast => p.fast as *mut c_void,
-            Convention::FastKw => p.fast_kw as *mut c_void,
-            Convention::MethodFastKw => p.method_fast_kw as *mut c_void,
-            Convention::InitSlot | Convention::IterNextSlot => return Err("not a method".into()),
-        };
+        let proxy = hook.method_proxy(convention).ok_or("not a method")?;
         let current = (*def).ml_meth.PyCFunction as *mut c_void;
         if current == proxy {
             return Ok(()); // already installed: patching is idempotent
@@ -631,6 +636,30 @@ unsafe fn install_method(hook: &'static Hook, obj: *mut ffi::PyObject) -> Result
         hook.original.store(current, Ordering::Relaxed);
         // The union's declared ABI is "C"; the proxy is "C-unwind" (see `install_slot`).
         (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, ffi::PyCFunction>(proxy) };
+        Ok(())
+    }
+}
+
+/// Points a hooked C function or method (`obj`, as found by the program: `time.time`,
+/// `socket.socket.send`) back at its original C function (`patched` false), or at its proxy
+/// again (true). For benchmarks only: inside one recorded process, a loop of unpatched calls
+/// measures what the whole interception costs, without the speed differences between
+/// processes. Calls made meanwhile are neither recorded nor replayed.
+///
+/// # Safety
+/// GIL held, `obj` live, and no other thread calling the function meanwhile.
+pub unsafe fn set_method_patched(obj: *mut ffi::PyObject, patched: bool) -> Result<(), String> {
+    // SAFETY: as in `install_method`: `def` points into a live, writable PyMethodDef table.
+    unsafe {
+        let def = method_def(obj).ok_or("not a C function or method")?;
+        let convention = Convention::from_flags((*def).ml_flags).ok_or("not a hooked function")?;
+        let current = (*def).ml_meth.PyCFunction as *mut c_void;
+        let hook = HOOKS
+            .iter()
+            .find(|h| !h.original().is_null() && (h.original() == current || h.method_proxy(convention) == Some(current)))
+            .ok_or("not a hooked function")?;
+        let target = if patched { hook.method_proxy(convention).ok_or("not a method")? } else { hook.original() };
+        (*def).ml_meth = ffi::PyMethodDefPointer { PyCFunction: std::mem::transmute::<*mut c_void, ffi::PyCFunction>(target) };
         Ok(())
     }
 }

@@ -326,6 +326,15 @@ fn gate_exit(py: Python<'_>) {
     STATE.with(py, |s| s.threads.exit_gate());
 }
 
+/// `set_patched(function, patched)`: points a hooked C function back at its original, or at
+/// its proxy again (see `hooks::set_method_patched`). For `bench/programs/in_process.py`.
+#[pyfunction]
+fn set_patched(function: &Bound<'_, PyAny>, patched: bool) -> PyResult<()> {
+    // SAFETY: the GIL is held (we have a Bound) and `function` is alive; the benchmark
+    // calls it from its only thread.
+    unsafe { hooks::set_method_patched(function.as_ptr(), patched) }.map_err(PyValueError::new_err)
+}
+
 /// Ends the session: closes the trace after a recording, or checks that a replay used
 /// the whole recording.
 pub(crate) fn finish_session() {
@@ -413,6 +422,7 @@ fn _pyhook(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<gc::CollectionWatch>()?;
     m.add_class::<dirs::ScandirIterator>()?;
     m.add_function(wrap_pyfunction!(gate_enter, m)?)?;
+    m.add_function(wrap_pyfunction!(set_patched, m)?)?;
     m.add_function(wrap_pyfunction!(gate_exit, m)?)?;
     m.add_function(wrap_pyfunction!(uncaught::watch_uncaught, m)?)?;
     m.add_function(wrap_pyfunction!(debugger::debugger_attached, m)?)?;

@@ -40,27 +40,41 @@ pub fn in_call<R>(original: impl FnOnce() -> R) -> R {
 
 /// [`in_call`] for a caller that already knows whether it runs on the main thread (thread
 /// 0 is the thread that started the session, the main thread).
+#[inline(always)]
 pub fn in_call_on<R>(on_main: bool, original: impl FnOnce() -> R) -> R {
-    struct Leave(bool);
-    impl Drop for Leave {
-        fn drop(&mut self) {
-            if self.0 {
-                let depth = MAIN_IN_CALL.load(Ordering::Relaxed);
-                MAIN_IN_CALL.store(depth.saturating_sub(1), Ordering::Relaxed);
-            } else {
-                OTHER_IN_CALL.with(|d| d.set(d.get().saturating_sub(1)));
-            }
+    let _inside = InCall::enter(on_main);
+    original()
+}
+
+/// A boundary call in progress on this thread, from [`InCall::enter`] until dropped. Where
+/// the original is called right after (`dispatch::boundary_where`), this keeps it in the
+/// caller's frame: a closure handed to [`in_call_on`] was not always inlined there.
+pub struct InCall(bool);
+
+impl InCall {
+    #[inline(always)]
+    pub fn enter(on_main: bool) -> InCall {
+        if on_main {
+            // Only the main thread writes it, so no read-modify-write is needed: a locked
+            // add here was a measurable part of an intercepted call.
+            MAIN_IN_CALL.store(MAIN_IN_CALL.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        } else {
+            OTHER_IN_CALL.with(|d| d.set(d.get() + 1));
+        }
+        InCall(on_main)
+    }
+}
+
+impl Drop for InCall {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.0 {
+            let depth = MAIN_IN_CALL.load(Ordering::Relaxed);
+            MAIN_IN_CALL.store(depth.saturating_sub(1), Ordering::Relaxed);
+        } else {
+            OTHER_IN_CALL.with(|d| d.set(d.get().saturating_sub(1)));
         }
     }
-    if on_main {
-        // Only the main thread writes it, so no read-modify-write is needed: a locked
-        // add here was a measurable part of an intercepted call.
-        MAIN_IN_CALL.store(MAIN_IN_CALL.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    } else {
-        OTHER_IN_CALL.with(|d| d.set(d.get() + 1));
-    }
-    let _leave = Leave(on_main);
-    original()
 }
 
 thread_local! {

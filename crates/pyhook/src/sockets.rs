@@ -10,7 +10,7 @@
 
 use crate::calls::{InitCall, RawCall};
 use crate::codec::decode_value;
-use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take};
+use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take, Original};
 use crate::exceptions::raise_recorded;
 use crate::fileio::keyword;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
@@ -198,6 +198,21 @@ pub unsafe fn socketpair(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
 
 /// A method of a socket object.
 ///
+/// The most frequent socket calls (send, recv): the descriptor is looked up with the
+/// thread's gate, in one borrow of our state. Inlined into the proxy, which then calls the
+/// original from its own frame (see `dispatch::boundary_where`).
+///
+/// # Safety
+/// As for [`method`].
+#[inline(always)]
+pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let fd = fd_field(call.slf());
+        boundary_where(hook, |s| s.fds.contains(fd), || hook.digest(|| call.digest()), Original(call, hook.original()))
+    }
+}
+
 /// # Safety
 /// Called through a method proxy with the GIL held; `call.slf()` is a socket.
 pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi::PyObject {
@@ -207,9 +222,7 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
         let fd = fd_field(call.slf());
         let digest = || hook.digest(|| call.digest());
         match op {
-            // The most frequent socket calls (send, recv): the descriptor is looked up with
-            // the thread's gate, in one borrow of our state.
-            SockOp::Plain => boundary_where(hook, |s| s.fds.contains(fd), digest, || call.call_original(original)),
+            SockOp::Plain => plain(hook, call),
             _ if !is_tracked(fd) => call.call_original(original),
             SockOp::ReadInto => crate::fileio::read_into(hook, call, 0),
             SockOp::Close => {
