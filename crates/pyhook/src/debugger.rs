@@ -108,11 +108,23 @@ fn classify(file: &[u8], name: &[u8], callee: Callee) -> FrameKind {
 /// The GIL must be held.
 // PyErr_Fetch/PyErr_Restore are deprecated from 3.12 on, but they are the pair every
 // version we build for has (PyErr_GetRaisedException is 3.12+).
-#[allow(deprecated)]
+#[inline(always)]
 pub unsafe fn foreign_call() -> bool {
     if !ATTACHED.load(Ordering::Relaxed) || mode() != MODE_REPLAY {
         return false;
     }
+    // SAFETY: per the function's contract.
+    unsafe { foreign_call_under_debugger() }
+}
+
+/// [`foreign_call`] while a debugger is attached to a replay: out of line, so that every
+/// other call pays one load and no call.
+///
+/// # Safety
+/// As for [`foreign_call`].
+#[inline(never)]
+#[allow(deprecated)]
+unsafe fn foreign_call_under_debugger() -> bool {
     if DEBUGGER_THREAD.with(Cell::get) {
         return true;
     }

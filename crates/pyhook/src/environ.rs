@@ -9,6 +9,7 @@
 //!
 //! Values of variables whose names look secret are stored as their length only.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use crate::codec::{decode_value, digest_object};
 use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take};
 use crate::gil::GilCell;
@@ -167,6 +168,11 @@ unsafe fn secret_of<'a>(key: *mut ffi::PyObject, value: *mut ffi::PyObject) -> O
 /// must cost little next to the call.
 static SECRETS: GilCell<Vec<Finder<'static>>> = GilCell::new(Vec::new());
 
+/// Whether [`SECRETS`] holds any: most programs have none, and their digests then skip the
+/// borrow (a call into the interpreter for the thread state, after a socket call's system
+/// call has left little of ours in cache).
+static ANY_SECRETS: AtomicBool = AtomicBool::new(false);
+
 /// Placeholders only make sense for values long enough not to occur by chance.
 const MIN_SECRET_LEN: usize = 4;
 
@@ -179,6 +185,7 @@ fn remember_secret(value: &[u8]) {
     SECRETS.with(py, |secrets| {
         if !secrets.iter().any(|s| s.needle() == value) {
             secrets.push(Finder::new(value).into_owned());
+            ANY_SECRETS.store(true, Ordering::Relaxed);
         }
     });
 }
@@ -188,6 +195,9 @@ fn remember_secret(value: &[u8]) {
 /// a header). Digesting the recorded arguments with the secrets replaced the same way keeps
 /// those calls matching, and keeps secrets out of the digests too.
 pub fn as_replay_sees(text: &[u8], feed: impl FnOnce(&[u8])) {
+    if !ANY_SECRETS.load(Ordering::Relaxed) {
+        return feed(text);
+    }
     // SAFETY: digests are computed in hooks, with the GIL held.
     let py = unsafe { crate::session::py() };
     let replaced = SECRETS.with(py, |secrets| masked(text, secrets)).flatten();
