@@ -204,6 +204,8 @@ if (selected('in-process')) {
   inProcessPerCall('clock: time.time()', 'clock', 20000, 201);
   inProcessPerCall('urandom: os.urandom(16)', 'urandom', 20000, 201);
   inProcessPerCall('schedule point: Lock acquire/release', 'lock', 20000, 201);
+  inProcessPerCall('os.write: 32 bytes to /dev/null', 'os-write', 20000, 201);
+  inProcessPerCall('FileIO.read: 32 bytes from /dev/zero', 'file-read', 20000, 201);
   // A round trip takes ~10 us and its time swings by microseconds: short loops, many rounds.
   inProcessPerCall('socket: loopback send/recv', 'socket', 500, 801);
 }

@@ -10,10 +10,12 @@
 # the REPS rounds of the difference with the unpatched loop of the same round, in ns per call.
 #   npx retrace record -o /tmp/in-process -- python3 bench/programs/in_process.py KIND N REPS
 # KIND is clock (time.time()), urandom (os.urandom(16)), lock (`with lock: pass`, two
-# calls) or socket (ping-pong of 32 bytes over TCP on loopback, four calls: see
-# socket_loop.py).
+# calls), socket (ping-pong of 32 bytes over TCP on loopback, four calls: see
+# socket_loop.py), os-write (os.write of 32 bytes to /dev/null) or file-read (32 bytes
+# read from /dev/zero through an unbuffered file).
 import _socket
 import _thread
+import io
 import json
 import os
 import statistics
@@ -30,6 +32,10 @@ now = time.perf_counter_ns
 clock, urandom, lock = time.time, os.urandom, _thread.allocate_lock()
 if kind == "socket":
     listener, client, server = connected_pair()
+elif kind == "os-write":
+    null_fd = os.open("/dev/null", os.O_WRONLY)
+elif kind == "file-read":
+    zero = open("/dev/zero", "rb", buffering=0)
 
 # The C functions each loop calls, as the program reaches them.
 FUNCTIONS = {
@@ -37,6 +43,8 @@ FUNCTIONS = {
     "urandom": [os.urandom],
     "lock": [_thread.LockType.__enter__, _thread.LockType.__exit__],
     "socket": [_socket.socket.send, _socket.socket.recv],
+    "os-write": [os.write],
+    "file-read": [io.FileIO.read],
 }[kind]
 calls = {"lock": 2 * n, "socket": 4 * n}.get(kind, n)
 
@@ -53,6 +61,12 @@ def loop():
         for _ in range(n):
             with lock:
                 pass
+    elif kind == "os-write":
+        for _ in range(n):
+            os.write(null_fd, PING)
+    elif kind == "file-read":
+        for _ in range(n):
+            zero.read(32)
     else:
         for _ in range(n):
             client.send(PING)

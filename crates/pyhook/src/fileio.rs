@@ -12,7 +12,7 @@
 //! reading sources and writing `__pycache__` happen live, at record and replay alike.
 
 use crate::calls::{InitCall, RawCall};
-use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take};
+use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take, Original};
 use crate::exceptions::raise_recorded;
 use crate::hooks::Hook;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
@@ -326,10 +326,26 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
             return call.call_original(original);
         }
         match op {
-            FileOp::Plain => boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original)),
+            FileOp::Plain => plain(hook, call),
             FileOp::Close => close(hook, call),
             FileOp::ReadInto => read_into(hook, call, 0),
         }
+    }
+}
+
+/// `read`, `write` and the other plain methods of a file: a boundary when the file's
+/// descriptor is tracked, looked up in the same borrow of our state as the thread's gate.
+/// Inlined into the proxy, which then calls the original from its own frame (see
+/// `dispatch::boundary_where`).
+///
+/// # Safety
+/// As for [`method`].
+#[inline(always)]
+pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let fd = fd_field(call.slf());
+        boundary_where(hook, |s| s.fds.contains(fd), || hook.digest(|| call.digest()), Original(call, hook.original()))
     }
 }
 

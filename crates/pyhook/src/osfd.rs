@@ -3,7 +3,7 @@
 
 use crate::calls::RawCall;
 use crate::codec::decode_value;
-use crate::dispatch::{boundary, diverge, is_active, record_outcome, record_with, replay_take};
+use crate::dispatch::{boundary, boundary_where, diverge, is_active, record_outcome, record_with, replay_take, Original};
 use crate::exceptions::raise_recorded;
 use crate::fds::{is_tracked, kind_of, materialize, track, untrack, FdKind};
 use crate::fileio::called_by_import_system;
@@ -51,10 +51,7 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
         }
         let first_fd = call.positional().first().and_then(|&a| int_arg(a));
         match op {
-            FdOp::Use => match first_fd {
-                Some(fd) if is_tracked(fd) => boundary(hook, digest, live),
-                _ => live(),
-            },
+            FdOp::Use => use_fd(hook, call),
             FdOp::PathOrFd => match first_fd {
                 Some(fd) if is_tracked(fd) => boundary(hook, digest, live),
                 Some(_) => live(),
@@ -89,6 +86,25 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
             // ready, which another thread may change just before (a race between boundary
             // calls that does not change what the call returns at replay).
             FdOp::Select => select(hook, call, hook.digest(|| digest_of_first(&call, 3)), live),
+        }
+    }
+}
+
+/// `os.read`, `os.write` and the other calls on a descriptor given first: a boundary when
+/// the descriptor is tracked, looked up in the same borrow of our state as the thread's
+/// gate. Inlined into the proxy, which then calls the original from its own frame (see
+/// `dispatch::boundary_where`).
+///
+/// # Safety
+/// As for [`dispatch`].
+#[inline(always)]
+pub unsafe fn use_fd(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        let original = hook.original();
+        match call.positional().first().and_then(|&a| int_arg(a)) {
+            Some(fd) => boundary_where(hook, |s| s.fds.contains(fd), || hook.digest(|| call.digest()), Original(call, original)),
+            None => call.call_original(original),
         }
     }
 }
