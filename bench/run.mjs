@@ -208,6 +208,7 @@ if (selected('in-process')) {
   inProcessPerCall('FileIO.read: 32 bytes from /dev/zero', 'file-read', 20000, 201);
   // A round trip takes ~10 us and its time swings by microseconds: short loops, many rounds.
   inProcessPerCall('socket: loopback send/recv', 'socket', 500, 801);
+  inProcessPerCall('socket: loopback send/recv_into', 'socket-into', 500, 801);
 }
 
 // The quiet sources of divergence (ARCHITECTURE.md, "Garbage collection", "Identity

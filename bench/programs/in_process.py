@@ -11,7 +11,8 @@
 #   npx retrace record -o /tmp/in-process -- python3 bench/programs/in_process.py KIND N REPS
 # KIND is clock (time.time()), urandom (os.urandom(16)), lock (`with lock: pass`, two
 # calls), socket (ping-pong of 32 bytes over TCP on loopback, four calls: see
-# socket_loop.py), os-write (os.write of 32 bytes to /dev/null) or file-read (32 bytes
+# socket_loop.py), socket-into (the same with recv_into a buffer, as http.client and
+# urllib3 read), os-write (os.write of 32 bytes to /dev/null) or file-read (32 bytes
 # read from /dev/zero through an unbuffered file).
 import _socket
 import _thread
@@ -30,8 +31,9 @@ from retrace import _pyhook  # noqa: E402  (the extension the recording already 
 kind, n, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 now = time.perf_counter_ns
 clock, urandom, lock = time.time, os.urandom, _thread.allocate_lock()
-if kind == "socket":
+if kind in ("socket", "socket-into"):
     listener, client, server = connected_pair()
+    buffer = bytearray(64)
 elif kind == "os-write":
     null_fd = os.open("/dev/null", os.O_WRONLY)
 elif kind == "file-read":
@@ -43,10 +45,11 @@ FUNCTIONS = {
     "urandom": [os.urandom],
     "lock": [_thread.LockType.__enter__, _thread.LockType.__exit__],
     "socket": [_socket.socket.send, _socket.socket.recv],
+    "socket-into": [_socket.socket.send, _socket.socket.recv_into],
     "os-write": [os.write],
     "file-read": [io.FileIO.read],
 }[kind]
-calls = {"lock": 2 * n, "socket": 4 * n}.get(kind, n)
+calls = {"lock": 2 * n, "socket": 4 * n, "socket-into": 4 * n}.get(kind, n)
 
 
 def loop():
@@ -67,6 +70,12 @@ def loop():
     elif kind == "file-read":
         for _ in range(n):
             zero.read(32)
+    elif kind == "socket-into":
+        for _ in range(n):
+            client.send(PING)
+            server.recv_into(buffer)
+            server.send(PONG)
+            client.recv_into(buffer)
     else:
         for _ in range(n):
             client.send(PING)

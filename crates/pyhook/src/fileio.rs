@@ -333,6 +333,21 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
     }
 }
 
+/// `readinto` of a file whose descriptor is tracked (see [`read_into`]).
+///
+/// # Safety
+/// As for [`method`].
+#[inline(always)]
+pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if !is_tracked(fd_field(call.slf())) {
+            return call.call_original(hook.original());
+        }
+        read_into(hook, call, 0)
+    }
+}
+
 /// `read`, `write` and the other plain methods of a file: a boundary when the file's
 /// descriptor is tracked, looked up in the same borrow of our state as the thread's gate.
 /// Inlined into the proxy, which then calls the original from its own frame (see
@@ -375,75 +390,106 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 /// with its result (a count, or a tuple starting with the count), and at replay puts the
 /// same bytes in the buffer.
 ///
+/// Inlined into the proxy, which calls the original from its own frame (see
+/// `dispatch::boundary_where`); recording and replaying are out of line.
+///
 /// # Safety
 /// Called through a method proxy with the GIL held.
+#[inline(always)]
 pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) -> *mut ffi::PyObject {
-    // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
+    // SAFETY: per the function's contract.
     unsafe {
         let original = hook.original();
         let Some(&target) = call.positional().get(buffer_at) else {
             return call.call_original(original);
         };
-        let digest = hook.digest(|| call.digest());
         match mode() {
             MODE_RECORD if is_active() => {
-                let result = crate::signals::in_call(|| call.call_original(original));
-                let count = if result.is_null() {
-                    None
-                } else if ffi::PyLong_Check(result) != 0 {
-                    Some(ffi::PyLong_AsSsize_t(result))
-                } else if ffi::PyTuple_Check(result) != 0 && ffi::PyTuple_GET_SIZE(result) > 0 {
-                    Some(ffi::PyLong_AsSsize_t(ffi::PyTuple_GET_ITEM(result, 0)))
-                } else {
-                    None // None from a non-blocking read: nothing was read
-                };
-                let mut view: ffi::Py_buffer = std::mem::zeroed();
-                let readable = match count {
-                    Some(n) if n >= 0 && crate::codec::is_encodable(result, 0) => {
-                        let ok = ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_SIMPLE) == 0;
-                        if !ok {
-                            ffi::PyErr_Clear(); // the call succeeded; only our look failed
-                        }
-                        ok
-                    }
-                    _ => false,
-                };
-                if !readable {
-                    record_outcome(hook, digest, result);
-                    return result;
-                }
-                let len = (count.unwrap_or(0) as usize).min(view.len as usize);
-                let data = std::slice::from_raw_parts(view.buf as *const u8, len);
-                record_with(hook, |rec| {
-                    rec.enc.call(hook.id, digest);
-                    rec.enc.tuple(2);
-                    rec.enc.bytes(data);
-                    crate::codec::encode_object(&mut rec.enc, result, None);
-                });
-                ffi::PyBuffer_Release(&mut view);
+                let digest = hook.digest(|| call.digest());
+                let inside = crate::signals::InCall::enter_here();
+                let result = call.call_original(original);
+                drop(inside);
+                record_read_into(hook, digest, target, result);
                 result
             }
-            MODE_REPLAY if is_active() => match replay_take(hook, digest) {
-                Replayed::Value(Value::Tuple(parts)) if parts.len() == 2 => {
-                    let (Value::Bytes(data), result) = (&parts[0], &parts[1]) else {
-                        return crate::codec::decode_value(&parts[1]);
-                    };
-                    let mut view: ffi::Py_buffer = std::mem::zeroed();
-                    if ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_WRITABLE) < 0 {
-                        return std::ptr::null_mut();
-                    }
-                    let len = data.len().min(view.len as usize);
-                    std::ptr::copy_nonoverlapping(data.as_ptr(), view.buf as *mut u8, len);
-                    ffi::PyBuffer_Release(&mut view);
-                    crate::codec::decode_value(result)
-                }
-                Replayed::Value(v) => crate::codec::decode_value(&v),
-                Replayed::Raise(e) => {
-                    raise_recorded(&e);
-                    std::ptr::null_mut()
-                }
-            },
+            MODE_REPLAY if is_active() => replay_read_into(hook, hook.digest(|| call.digest()), target),
             _ => call.call_original(original),
+        }
+    }
+}
+
+/// Records a `read_into` call that returned `result`, with the bytes it placed in `target`.
+///
+/// # Safety
+/// GIL held; `target` is the caller's buffer and `result` the call's (NULL: it raised).
+#[inline(never)]
+unsafe fn record_read_into(hook: &'static Hook, digest: Option<u32>, target: *mut ffi::PyObject, result: *mut ffi::PyObject) {
+    // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
+    unsafe {
+        let count = if result.is_null() {
+            None
+        } else if ffi::PyLong_Check(result) != 0 {
+            Some(ffi::PyLong_AsSsize_t(result))
+        } else if ffi::PyTuple_Check(result) != 0 && ffi::PyTuple_GET_SIZE(result) > 0 {
+            Some(ffi::PyLong_AsSsize_t(ffi::PyTuple_GET_ITEM(result, 0)))
+        } else {
+            None // None from a non-blocking read: nothing was read
+        };
+        let mut view: ffi::Py_buffer = std::mem::zeroed();
+        let readable = match count {
+            Some(n) if n >= 0 && crate::codec::is_encodable(result, 0) => {
+                let ok = ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_SIMPLE) == 0;
+                if !ok {
+                    ffi::PyErr_Clear(); // the call succeeded; only our look failed
+                }
+                ok
+            }
+            _ => false,
+        };
+        if !readable {
+            record_outcome(hook, digest, result);
+            return;
+        }
+        let len = (count.unwrap_or(0) as usize).min(view.len as usize);
+        let data = std::slice::from_raw_parts(view.buf as *const u8, len);
+        record_with(hook, |rec| {
+            rec.enc.call(hook.id, digest);
+            rec.enc.tuple(2);
+            rec.enc.bytes(data);
+            crate::codec::encode_object(&mut rec.enc, result, None);
+        });
+        ffi::PyBuffer_Release(&mut view);
+    }
+}
+
+/// Replays a `read_into` call: puts the recorded bytes in `target` and returns the recorded
+/// result.
+///
+/// # Safety
+/// GIL held; `target` is the caller's buffer.
+#[inline(never)]
+unsafe fn replay_read_into(hook: &'static Hook, digest: Option<u32>, target: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
+    unsafe {
+        match replay_take(hook, digest) {
+            Replayed::Value(Value::Tuple(parts)) if parts.len() == 2 => {
+                let (Value::Bytes(data), result) = (&parts[0], &parts[1]) else {
+                    return crate::codec::decode_value(&parts[1]);
+                };
+                let mut view: ffi::Py_buffer = std::mem::zeroed();
+                if ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_WRITABLE) < 0 {
+                    return std::ptr::null_mut();
+                }
+                let len = data.len().min(view.len as usize);
+                std::ptr::copy_nonoverlapping(data.as_ptr(), view.buf as *mut u8, len);
+                ffi::PyBuffer_Release(&mut view);
+                crate::codec::decode_value(result)
+            }
+            Replayed::Value(v) => crate::codec::decode_value(&v),
+            Replayed::Raise(e) => {
+                raise_recorded(&e);
+                std::ptr::null_mut()
+            }
         }
     }
 }

@@ -213,6 +213,21 @@ pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     }
 }
 
+/// `recv_into`, `recvfrom_into` on a tracked socket (see `fileio::read_into`).
+///
+/// # Safety
+/// As for [`method`].
+#[inline(always)]
+pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if !is_tracked(fd_field(call.slf())) {
+            return call.call_original(hook.original());
+        }
+        crate::fileio::read_into(hook, call, 0)
+    }
+}
+
 /// # Safety
 /// Called through a method proxy with the GIL held; `call.slf()` is a socket.
 pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi::PyObject {
