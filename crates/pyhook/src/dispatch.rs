@@ -210,6 +210,18 @@ pub unsafe fn is_active() -> bool {
     unsafe { active_thread() }.is_some()
 }
 
+/// The calling thread when its boundary calls are recorded or replayed, for
+/// [`record_outcome_for`] and [`record_with_for`] after the call: what they would look up
+/// again, once the call has left our state cold.
+///
+/// # Safety
+/// The GIL must be held.
+#[inline(always)]
+pub unsafe fn active_caller() -> Option<Caller> {
+    // SAFETY: per the caller's guarantee.
+    unsafe { active_caller_where(|_| true) }
+}
+
 /// The calling thread's index when its boundary calls are recorded or replayed.
 ///
 /// # Safety
@@ -307,6 +319,24 @@ unsafe fn record_unrecordable(rec: &mut Recorder, hook: &'static Hook, digest: O
 pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)) {
     // SAFETY: per the caller's guarantee.
     unsafe { record_with_on(hook, None, write) }
+}
+
+/// [`record_with`] for the caller found by [`active_caller`] when the call started.
+///
+/// # Safety
+/// The GIL must be held; `caller` is the calling thread's, from this call.
+pub unsafe fn record_with_for(hook: &'static Hook, caller: Caller, write: impl FnOnce(&mut Recorder)) {
+    // SAFETY: per the caller's guarantee.
+    unsafe { record_with_on(hook, Some(caller), write) }
+}
+
+/// [`record_outcome`] for the caller found by [`active_caller`] when the call started.
+///
+/// # Safety
+/// As for [`record_outcome`]; `caller` is the calling thread's, from this call.
+pub unsafe fn record_outcome_for(hook: &'static Hook, caller: Caller, digest: Option<u32>, result: *mut ffi::PyObject) {
+    // SAFETY: per the caller's guarantee.
+    unsafe { record_outcome_on(hook, Some(caller), digest, result) }
 }
 
 /// # Safety

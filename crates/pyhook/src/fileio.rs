@@ -12,7 +12,10 @@
 //! reading sources and writing `__pycache__` happen live, at record and replay alike.
 
 use crate::calls::{InitCall, RawCall};
-use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take, Original};
+use crate::dispatch::{
+    active_caller, boundary, boundary_where, is_active, record_outcome, record_outcome_for, record_with, record_with_for,
+    replay_take, Caller, Original,
+};
 use crate::exceptions::raise_recorded;
 use crate::hooks::Hook;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
@@ -404,14 +407,17 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) ->
             return call.call_original(original);
         };
         match mode() {
-            MODE_RECORD if is_active() => {
-                let digest = hook.digest(|| call.digest());
-                let inside = crate::signals::InCall::enter_here();
-                let result = call.call_original(original);
-                drop(inside);
-                record_read_into(hook, digest, target, result);
-                result
-            }
+            MODE_RECORD => match active_caller() {
+                Some(caller) => {
+                    let digest = hook.digest(|| call.digest());
+                    let inside = crate::signals::InCall::enter(caller.thread == 0);
+                    let result = call.call_original(original);
+                    drop(inside);
+                    record_read_into(hook, caller, digest, target, result);
+                    result
+                }
+                None => call.call_original(original),
+            },
             MODE_REPLAY if is_active() => replay_read_into(hook, hook.digest(|| call.digest()), target),
             _ => call.call_original(original),
         }
@@ -423,7 +429,7 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) ->
 /// # Safety
 /// GIL held; `target` is the caller's buffer and `result` the call's (NULL: it raised).
 #[inline(never)]
-unsafe fn record_read_into(hook: &'static Hook, digest: Option<u32>, target: *mut ffi::PyObject, result: *mut ffi::PyObject) {
+unsafe fn record_read_into(hook: &'static Hook, caller: Caller, digest: Option<u32>, target: *mut ffi::PyObject, result: *mut ffi::PyObject) {
     // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
     unsafe {
         let count = if result.is_null() {
@@ -447,12 +453,12 @@ unsafe fn record_read_into(hook: &'static Hook, digest: Option<u32>, target: *mu
             _ => false,
         };
         if !readable {
-            record_outcome(hook, digest, result);
+            record_outcome_for(hook, caller, digest, result);
             return;
         }
         let len = (count.unwrap_or(0) as usize).min(view.len as usize);
         let data = std::slice::from_raw_parts(view.buf as *const u8, len);
-        record_with(hook, |rec| {
+        record_with_for(hook, caller, |rec| {
             rec.enc.call(hook.id, digest);
             rec.enc.tuple(2);
             rec.enc.bytes(data);

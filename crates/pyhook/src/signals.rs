@@ -52,14 +52,6 @@ pub fn in_call_on<R>(on_main: bool, original: impl FnOnce() -> R) -> R {
 pub struct InCall(bool);
 
 impl InCall {
-    /// [`enter`](Self::enter) for a caller that has not looked up its thread.
-    #[inline(always)]
-    pub fn enter_here() -> InCall {
-        // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
-        let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
-        InCall::enter(on_main)
-    }
-
     #[inline(always)]
     pub fn enter(on_main: bool) -> InCall {
         if on_main {
