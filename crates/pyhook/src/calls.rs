@@ -384,16 +384,21 @@ unsafe fn one_argument_digest(arg: *mut ffi::PyObject) -> Option<u32> {
     Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
 }
 
-/// The digest encoding of a scalar, str or bytes argument written to the start of `out`
-/// (see `codec::scalar_digest_bytes`, `codec::text_digest_bytes`); its length, or None
-/// when it is something else or does not fit.
+/// The digest encoding of a scalar, str or bytes argument, or of one whose type the digest
+/// does not look into, written to the start of `out` (see `codec::scalar_digest_bytes`,
+/// `codec::text_digest_bytes`, `codec::opaque_digest_bytes`); its length, or None when it
+/// is a container or a big int, or does not fit.
 ///
 /// # Safety
 /// The GIL is held and `arg` is alive.
 #[inline(always)]
 unsafe fn argument_digest_bytes(arg: *mut ffi::PyObject, out: &mut [u8]) -> Option<usize> {
     // SAFETY: per this function's contract.
-    unsafe { crate::codec::scalar_digest_bytes(arg, out).or_else(|| crate::codec::text_digest_bytes(arg, out)) }
+    unsafe {
+        crate::codec::scalar_digest_bytes(arg, out)
+            .or_else(|| crate::codec::text_digest_bytes(arg, out))
+            .or_else(|| crate::codec::opaque_digest_bytes(arg, out))
+    }
 }
 
 impl InitCall {

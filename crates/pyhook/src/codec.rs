@@ -120,6 +120,36 @@ pub unsafe fn text_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Opti
     }
 }
 
+/// The digest encoding [`digest_object`] gives an object of a type it does not look into
+/// (`t` and the type's name: a `bytearray` or `memoryview` that `recv_into` fills), written
+/// to the start of `out`; its length, or None for the types it does look into, or when the
+/// name does not fit.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+pub unsafe fn opaque_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Option<usize> {
+    // SAFETY: type checks of a live object, and its type's name.
+    unsafe {
+        let looked_into = ffi::PyLong_CheckExact(obj) != 0
+            || ffi::PyUnicode_CheckExact(obj) != 0
+            || ffi::PyBytes_CheckExact(obj) != 0
+            || ffi::PyTuple_CheckExact(obj) != 0
+            || ffi::PyList_CheckExact(obj) != 0
+            || ffi::PyDict_CheckExact(obj) != 0
+            || obj == ffi::Py_None()
+            || ffi::PyBool_Check(obj) != 0
+            || ffi::PyFloat_CheckExact(obj) != 0;
+        if looked_into {
+            return None;
+        }
+        let name = type_name_bytes(obj);
+        let slot = out.get_mut(..name.len() + 1)?;
+        slot[0] = b't';
+        slot[1..].copy_from_slice(name);
+        Some(name.len() + 1)
+    }
+}
+
 /// Feeds a canonical encoding of `obj` into the digest. Unknown types contribute their
 /// type name only: their contents may not be stable between runs (addresses).
 ///
@@ -165,6 +195,7 @@ pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, d
             }
             hasher.update(b"}");
         } else {
+            // The bytes of `opaque_digest_bytes`, which the one-shot digests use.
             hasher.update(b"t");
             hasher.update(type_name_bytes(obj));
         }
