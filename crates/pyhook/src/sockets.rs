@@ -51,17 +51,20 @@ unsafe fn socket_kind(obj: *mut ffi::PyObject) -> FdKind {
 /// boundary calls, so a replay needs neither the peer, nor certificates, nor a handshake.
 /// The SSL object itself is created live at replay (on the stand-in socket: no I/O).
 ///
+/// Inlined into the proxy, which calls the original from its own frame (see
+/// `dispatch::boundary_where`).
+///
 /// # Safety
 /// Called through a method proxy with the GIL held.
+#[inline(always)]
 pub unsafe fn ssl_method(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
-        let original = hook.original();
         // read(n, buffer) fills the caller's buffer; read(n) returns bytes.
         if hook.name == "ssl.SSLSocket.read" && call.positional().len() >= 2 {
             return crate::fileio::read_into(hook, call, 1);
         }
-        boundary(hook, || hook.digest(|| call.digest()), || call.call_original(original))
+        boundary(hook, || hook.digest(|| call.digest()), Original(call, hook.original()))
     }
 }
 
@@ -196,8 +199,6 @@ pub unsafe fn socketpair(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
     }
 }
 
-/// A method of a socket object.
-///
 /// The most frequent socket calls (send, recv): the descriptor is looked up with the
 /// thread's gate, in one borrow of our state. Inlined into the proxy, which then calls the
 /// original from its own frame (see `dispatch::boundary_where`).
@@ -228,6 +229,8 @@ pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi:
     }
 }
 
+/// A method of a socket object.
+///
 /// # Safety
 /// Called through a method proxy with the GIL held; `call.slf()` is a socket.
 pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi::PyObject {
