@@ -211,7 +211,7 @@ pub unsafe fn is_active() -> bool {
 }
 
 /// The calling thread when its boundary calls are recorded or replayed, for
-/// [`record_outcome_for`] and [`record_with_for`] after the call: what they would look up
+/// [`record_outcome_on`] and [`record_with_on`] after the call: what they would look up
 /// again, once the call has left our state cold.
 ///
 /// # Safety
@@ -228,7 +228,7 @@ pub unsafe fn active_caller() -> Option<Caller> {
 /// The GIL must be held.
 pub unsafe fn active_thread() -> Option<u32> {
     // SAFETY: per the caller's guarantee.
-    unsafe { active_caller_where(|_| true) }.map(|caller| caller.thread)
+    unsafe { active_caller() }.map(|caller| caller.thread)
 }
 
 /// The thread making a call, as found when the call starts, for the recording of its end.
@@ -272,12 +272,13 @@ pub unsafe fn record_outcome(hook: &'static Hook, digest: Option<u32>, result: *
     unsafe { record_outcome_on(hook, None, digest, result) }
 }
 
-/// [`record_outcome`] for a caller that already knows the calling thread's index.
+/// [`record_outcome`] for a caller that already knows the calling thread (see
+/// [`record_with_on`]).
 ///
 /// # Safety
 /// As for [`record_outcome`].
 #[inline(always)]
-unsafe fn record_outcome_on(hook: &'static Hook, caller: Option<Caller>, digest: Option<u32>, result: *mut ffi::PyObject) {
+pub unsafe fn record_outcome_on(hook: &'static Hook, caller: Option<Caller>, digest: Option<u32>, result: *mut ffi::PyObject) {
     // SAFETY: the GIL is held; encoding reads exact builtin objects only.
     unsafe {
         record_with_on(hook, caller, |rec| {
@@ -321,28 +322,13 @@ pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)
     unsafe { record_with_on(hook, None, write) }
 }
 
-/// [`record_with`] for the caller found by [`active_caller`] when the call started.
+/// [`record_with`] for a caller that knows the calling thread: from [`active_caller`] when
+/// its call started.
 ///
-/// # Safety
-/// The GIL must be held; `caller` is the calling thread's, from this call.
-pub unsafe fn record_with_for(hook: &'static Hook, caller: Caller, write: impl FnOnce(&mut Recorder)) {
-    // SAFETY: per the caller's guarantee.
-    unsafe { record_with_on(hook, Some(caller), write) }
-}
-
-/// [`record_outcome`] for the caller found by [`active_caller`] when the call started.
-///
-/// # Safety
-/// As for [`record_outcome`]; `caller` is the calling thread's, from this call.
-pub unsafe fn record_outcome_for(hook: &'static Hook, caller: Caller, digest: Option<u32>, result: *mut ffi::PyObject) {
-    // SAFETY: per the caller's guarantee.
-    unsafe { record_outcome_on(hook, Some(caller), digest, result) }
-}
-
 /// # Safety
 /// The GIL must be held; `caller`, when given, is the calling thread.
 #[inline(always)]
-unsafe fn record_with_on(hook: &'static Hook, caller: Option<Caller>, write: impl FnOnce(&mut Recorder)) {
+pub unsafe fn record_with_on(hook: &'static Hook, caller: Option<Caller>, write: impl FnOnce(&mut Recorder)) {
     // SAFETY: per the caller's guarantee.
     let py = unsafe { py() };
     let record = |s: &mut State| {

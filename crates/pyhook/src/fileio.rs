@@ -13,7 +13,7 @@
 
 use crate::calls::{InitCall, RawCall};
 use crate::dispatch::{
-    active_caller, boundary, boundary_where, is_active, record_outcome, record_outcome_for, record_with, record_with_for,
+    active_caller, boundary, boundary_where, is_active, record_outcome, record_outcome_on, record_with, record_with_on,
     replay_take, Caller, Original,
 };
 use crate::exceptions::raise_recorded;
@@ -317,21 +317,19 @@ unsafe fn int_attr(obj: *mut ffi::PyObject, name: &std::ffi::CStr) -> i64 {
     }
 }
 
-/// A FileIO method on a tracked file.
+/// A FileIO method, recorded on a tracked file. Inlined into the proxy: reads and writes
+/// (see [`plain`], [`tracked_read_into`]) call the original from the proxy's frame.
 ///
 /// # Safety
 /// Called through a method proxy with the GIL held.
+#[inline(always)]
 pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
-        let original = hook.original();
-        if !is_tracked(fd_field(call.slf())) {
-            return call.call_original(original);
-        }
         match op {
             FileOp::Plain => plain(hook, call),
             FileOp::Close => close(hook, call),
-            FileOp::ReadInto => read_into(hook, call, 0),
+            FileOp::ReadInto => tracked_read_into(hook, call),
         }
     }
 }
@@ -341,7 +339,7 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
 /// # Safety
 /// As for [`method`].
 #[inline(always)]
-pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         if !is_tracked(fd_field(call.slf())) {
@@ -359,7 +357,7 @@ pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi:
 /// # Safety
 /// As for [`method`].
 #[inline(always)]
-pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let fd = fd_field(call.slf());
@@ -369,11 +367,15 @@ pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 
 /// # Safety
 /// As for [`method`].
+#[inline(never)]
 unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
         let fd = fd_field(call.slf());
+        if !is_tracked(fd) {
+            return call.call_original(original);
+        }
         untrack(fd);
         match mode() {
             MODE_REPLAY if is_active() => {
@@ -453,12 +455,12 @@ unsafe fn record_read_into(hook: &'static Hook, caller: Caller, digest: Option<u
             _ => false,
         };
         if !readable {
-            record_outcome_for(hook, caller, digest, result);
+            record_outcome_on(hook, Some(caller), digest, result);
             return;
         }
         let len = (count.unwrap_or(0) as usize).min(view.len as usize);
         let data = std::slice::from_raw_parts(view.buf as *const u8, len);
-        record_with_for(hook, caller, |rec| {
+        record_with_on(hook, Some(caller), |rec| {
             rec.enc.call(hook.id, digest);
             rec.enc.tuple(2);
             rec.enc.bytes(data);

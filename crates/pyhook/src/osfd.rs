@@ -37,9 +37,28 @@ pub enum FdOp {
     Select,
 }
 
+/// Inlined into the proxy: calls on a descriptor (see [`use_fd`]) call the original from
+/// the proxy's frame; the others are out of line.
+///
 /// # Safety
 /// Called from a proxy with the GIL held.
+#[inline(always)]
 pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        match op {
+            FdOp::Use => use_fd(hook, call),
+            _ => dispatch_rest(hook, op, call),
+        }
+    }
+}
+
+/// [`dispatch`] for everything but [`FdOp::Use`].
+///
+/// # Safety
+/// As for [`dispatch`].
+#[inline(never)]
+unsafe fn dispatch_rest(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
@@ -51,7 +70,7 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
         }
         let first_fd = call.positional().first().and_then(|&a| int_arg(a));
         match op {
-            FdOp::Use => use_fd(hook, call),
+            FdOp::Use => unreachable!("routed by dispatch"),
             FdOp::PathOrFd => match first_fd {
                 Some(fd) if is_tracked(fd) => boundary(hook, digest, live),
                 Some(_) => live(),
@@ -98,7 +117,7 @@ pub unsafe fn dispatch(hook: &'static Hook, op: FdOp, call: RawCall) -> *mut ffi
 /// # Safety
 /// As for [`dispatch`].
 #[inline(always)]
-pub unsafe fn use_fd(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+unsafe fn use_fd(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let original = hook.original();

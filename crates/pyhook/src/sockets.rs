@@ -206,7 +206,7 @@ pub unsafe fn socketpair(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
 /// # Safety
 /// As for [`method`].
 #[inline(always)]
-pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let fd = fd_field(call.slf());
@@ -219,7 +219,7 @@ pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 /// # Safety
 /// As for [`method`].
 #[inline(always)]
-pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         if !is_tracked(fd_field(call.slf())) {
@@ -229,34 +229,64 @@ pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi:
     }
 }
 
-/// A method of a socket object.
+/// A method of a socket object. Inlined into the proxy: the frequent operations (see
+/// [`plain`], [`tracked_read_into`]) call the original from the proxy's frame; the others
+/// are out of line.
 ///
 /// # Safety
 /// Called through a method proxy with the GIL held; `call.slf()` is a socket.
+#[inline(always)]
 pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        match op {
+            SockOp::Plain => plain(hook, call),
+            SockOp::ReadInto => tracked_read_into(hook, call),
+            SockOp::Close => close(hook, call),
+            SockOp::Accept => tracked_accept(hook, call),
+        }
+    }
+}
+
+/// `close()`: the descriptor is released, and the release's start recorded first.
+///
+/// # Safety
+/// As for [`method`].
+#[inline(never)]
+unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: see the function's contract.
     unsafe {
         let original = hook.original();
         let fd = fd_field(call.slf());
-        let digest = || hook.digest(|| call.digest());
-        match op {
-            SockOp::Plain => plain(hook, call),
-            _ if !is_tracked(fd) => call.call_original(original),
-            SockOp::ReadInto => crate::fileio::read_into(hook, call, 0),
-            SockOp::Close => {
-                untrack(fd);
-                match mode() {
-                    MODE_REPLAY if is_active() => {
-                        crate::dispatch::replay_releasing(hook, digest(), Some(fd), || crate::dispatch::discard(call.call_original(original)))
-                    }
-                    _ => {
-                        crate::dispatch::record_release_start(fd);
-                        boundary(hook, digest, || call.call_original(original))
-                    }
-                }
-            }
-            SockOp::Accept => accept(hook, call, digest()),
+        if !is_tracked(fd) {
+            return call.call_original(original);
         }
+        let digest = || hook.digest(|| call.digest());
+        untrack(fd);
+        match mode() {
+            MODE_REPLAY if is_active() => {
+                crate::dispatch::replay_releasing(hook, digest(), Some(fd), || crate::dispatch::discard(call.call_original(original)))
+            }
+            _ => {
+                crate::dispatch::record_release_start(fd);
+                boundary(hook, digest, || call.call_original(original))
+            }
+        }
+    }
+}
+
+/// `_accept()` on a tracked listener (see [`accept`]).
+///
+/// # Safety
+/// As for [`method`].
+#[inline(never)]
+unsafe fn tracked_accept(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+    // SAFETY: see the function's contract.
+    unsafe {
+        if !is_tracked(fd_field(call.slf())) {
+            return call.call_original(hook.original());
+        }
+        accept(hook, call, hook.digest(|| call.digest()))
     }
 }
 
