@@ -139,6 +139,49 @@ test("UDP and Unix sockets replay", async (t) => {
   assertReplaysLike(t, r.record, offline);
 });
 
+test("recv_into and readinto fill every kind of buffer alike at record and replay", async (t) => {
+  // bytearray and C-contiguous memoryviews are read in place; anything else goes through
+  // the buffer protocol. Each must get the same bytes at replay, and a buffer the call
+  // refuses must raise the same error.
+  const r = await recordAndReplay(
+    `
+    import array, socket
+    a, b = socket.socketpair()
+    def into(target, data, *n):
+        a.sendall(data)
+        return b.recv_into(target, *n)
+    whole = bytearray(9)
+    print(into(whole, b"bytearray"), whole)
+    backing = bytearray(b"." * 12)
+    print(into(memoryview(backing)[2:8], b"slice!"), backing)
+    print(into(bytearray(10), b"abc", 3), into(memoryview(bytearray(4)), b"four"))
+    words = memoryview(bytearray(8)).cast("I")
+    print(into(words, (3).to_bytes(4, "little") + (4).to_bytes(4, "little")), words.tolist())
+    numbers = array.array("i", [0, 0])
+    print(into(numbers, (5).to_bytes(4, "little") + (6).to_bytes(4, "little")), numbers.tolist())
+    released = memoryview(bytearray(4))
+    released.release()
+    for refused in (released, memoryview(b"read-only"), memoryview(backing)[::2]):
+        try:
+            b.recv_into(refused)
+        except (ValueError, TypeError, BufferError) as e:
+            print("refused:", type(e).__name__, e)
+    a.sendall(b"through a file")
+    with b.makefile("rb") as stream:
+        chunk = bytearray(14)
+        print(stream.readinto(chunk), chunk)
+    with open("data.bin", "rb", buffering=0) as f:
+        target = bytearray(b"#" * 8)
+        print(f.readinto(memoryview(target)[1:5]), target, f.readinto(array.array("b", [0] * 3)))
+  `,
+    { files: { "data.bin": "fileio-bytes" }, deleteFilesBeforeReplay: true },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.regex(r.record.stdout, /^9 bytearray\(b'bytearray'\)\n6 bytearray\(b'\.\.slice!\.\.\.\.'\)\n3 4\n8 \[3, 4\]\n8 \[5, 6\]\n(refused: .*\n){3}14 bytearray\(b'through a file'\)\n4 bytearray\(b'#file###'\) 3\n$/);
+  const offline = await replayOffline(r.recording, r.dir);
+  assertReplaysLike(t, r.record, offline);
+});
+
 test("selectors and poll replay", async (t) => {
   const r = await recordAndReplay(`
     import select, selectors, socket

@@ -2,9 +2,11 @@
  * objects, too slow for every boundary call:
  * - the young generation's allocation count and threshold of the cyclic garbage collector,
  *   and a way to schedule a collection (see gc.rs);
- * - a code object's file and function names (see threads.rs).
+ * - a code object's file and function names (see threads.rs);
+ * - where a memoryview keeps its buffer (see buffers.rs).
  * This file is compiled against the interpreter's own headers, internal ones included, so
  * the layouts are those of the exact Python version the extension is built for (build.rs). */
+#include <stddef.h>
 #define Py_BUILD_CORE 1
 #include "Python.h"
 #include "internal/pycore_interp.h"
@@ -52,3 +54,12 @@ PyObject *retrace_code_filename(PyCodeObject *code) {
 PyObject *retrace_code_name(PyCodeObject *code) {
     return code->co_name;
 }
+
+/* Where a memoryview keeps its state flags and its private copy of the exporter's buffer,
+ * and the flags that say whether that copy may be read in place: a recorded `recv_into`
+ * reads the bytes it placed in the caller's buffer there, not through the buffer protocol
+ * (see buffers.rs). */
+const size_t retrace_memoryview_flags_offset = offsetof(PyMemoryViewObject, flags);
+const size_t retrace_memoryview_view_offset = offsetof(PyMemoryViewObject, view);
+const int retrace_memoryview_released_flag = _Py_MEMORYVIEW_RELEASED;
+const int retrace_memoryview_c_contiguous_flag = _Py_MEMORYVIEW_C;

@@ -142,7 +142,14 @@ pub unsafe fn opaque_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Op
         if looked_into {
             return None;
         }
-        let name = type_name_bytes(obj);
+        // The buffers `recv_into` and `readinto` are given, named without measuring tp_name.
+        let name: &[u8] = if ffi::PyByteArray_CheckExact(obj) != 0 {
+            b"bytearray"
+        } else if ffi::PyMemoryView_Check(obj) != 0 {
+            b"memoryview"
+        } else {
+            type_name_bytes(obj)
+        };
         let slot = out.get_mut(..name.len() + 1)?;
         slot[0] = b't';
         slot[1..].copy_from_slice(name);

@@ -245,7 +245,7 @@ pub struct Caller {
 /// # Safety
 /// The GIL must be held.
 #[inline(always)]
-unsafe fn active_caller_where(applies: impl FnOnce(&State) -> bool) -> Option<Caller> {
+pub unsafe fn active_caller_where(applies: impl FnOnce(&State) -> bool) -> Option<Caller> {
     // SAFETY: per the caller's guarantee.
     if unsafe { crate::debugger::foreign_call() } {
         return None;

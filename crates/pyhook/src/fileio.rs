@@ -13,13 +13,13 @@
 
 use crate::calls::{InitCall, RawCall};
 use crate::dispatch::{
-    active_caller, boundary, boundary_where, is_active, record_outcome, record_outcome_on, record_with, record_with_on,
+    active_caller_where, boundary, boundary_where, is_active, record_outcome, record_outcome_on, record_with, record_with_on,
     replay_take, Caller, Original,
 };
 use crate::exceptions::raise_recorded;
 use crate::hooks::Hook;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
-use crate::session::{mode, Replayed, MODE_RECORD, MODE_REPLAY};
+use crate::session::{mode, Replayed, State, MODE_RECORD, MODE_REPLAY};
 use pyo3::ffi;
 use retrace_recorder::Value;
 use std::os::raw::c_int;
@@ -342,10 +342,8 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
 unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
-        if !is_tracked(fd_field(call.slf())) {
-            return call.call_original(hook.original());
-        }
-        read_into(hook, call, 0)
+        let fd = fd_field(call.slf());
+        read_into(hook, call, 0, |s| s.fds.contains(fd))
     }
 }
 
@@ -393,7 +391,8 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 /// `readinto(buffer)`, `recv_into(buffer)`, `recvfrom_into(buffer)`, SSL `read(n, buffer)`:
 /// records the bytes the call placed in the caller's buffer (argument `buffer_at`) along
 /// with its result (a count, or a tuple starting with the count), and at replay puts the
-/// same bytes in the buffer.
+/// same bytes in the buffer. A boundary when `applies` holds of our state (the descriptor
+/// is tracked), looked up in the same borrow as the thread's gate.
 ///
 /// Inlined into the proxy, which calls the original from its own frame (see
 /// `dispatch::boundary_where`); recording and replaying are out of line.
@@ -401,7 +400,12 @@ unsafe fn close(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 /// # Safety
 /// Called through a method proxy with the GIL held.
 #[inline(always)]
-pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) -> *mut ffi::PyObject {
+pub unsafe fn read_into(
+    hook: &'static Hook,
+    call: RawCall,
+    buffer_at: usize,
+    applies: impl FnOnce(&State) -> bool,
+) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let original = hook.original();
@@ -409,7 +413,7 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) ->
             return call.call_original(original);
         };
         match mode() {
-            MODE_RECORD => match active_caller() {
+            MODE_RECORD => match active_caller_where(applies) {
                 Some(caller) => {
                     let digest = hook.digest(|| call.digest());
                     let inside = crate::signals::InCall::enter(caller.thread == 0);
@@ -420,7 +424,10 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) ->
                 }
                 None => call.call_original(original),
             },
-            MODE_REPLAY if is_active() => replay_read_into(hook, hook.digest(|| call.digest()), target),
+            MODE_REPLAY => match active_caller_where(applies) {
+                Some(_) => replay_read_into(hook, hook.digest(|| call.digest()), target),
+                None => call.call_original(original),
+            },
             _ => call.call_original(original),
         }
     }
@@ -432,7 +439,8 @@ pub unsafe fn read_into(hook: &'static Hook, call: RawCall, buffer_at: usize) ->
 /// GIL held; `target` is the caller's buffer and `result` the call's (NULL: it raised).
 #[inline(never)]
 unsafe fn record_read_into(hook: &'static Hook, caller: Caller, digest: Option<u32>, target: *mut ffi::PyObject, result: *mut ffi::PyObject) {
-    // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
+    // SAFETY: reads of the call's result and of the caller's buffer, which no Python code
+    // touches while we hold the GIL.
     unsafe {
         let count = if result.is_null() {
             None
@@ -443,30 +451,22 @@ unsafe fn record_read_into(hook: &'static Hook, caller: Caller, digest: Option<u
         } else {
             None // None from a non-blocking read: nothing was read
         };
-        let mut view: ffi::Py_buffer = std::mem::zeroed();
-        let readable = match count {
-            Some(n) if n >= 0 && crate::codec::is_encodable(result, 0) => {
-                let ok = ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_SIMPLE) == 0;
-                if !ok {
-                    ffi::PyErr_Clear(); // the call succeeded; only our look failed
-                }
-                ok
+        if let Some(n) = count.filter(|&n| n >= 0 && crate::codec::is_encodable(result, 0)) {
+            let recorded = crate::buffers::with_memory(target, false, |start, len| {
+                let data = std::slice::from_raw_parts(start, (n as usize).min(len));
+                record_with_on(hook, Some(caller), |rec| {
+                    rec.enc.call(hook.id, digest);
+                    rec.enc.tuple(2);
+                    rec.enc.bytes(data);
+                    crate::codec::encode_object(&mut rec.enc, result, None);
+                });
+            });
+            if recorded.is_some() {
+                return;
             }
-            _ => false,
-        };
-        if !readable {
-            record_outcome_on(hook, Some(caller), digest, result);
-            return;
+            ffi::PyErr_Clear(); // the call succeeded; only our look at its buffer failed
         }
-        let len = (count.unwrap_or(0) as usize).min(view.len as usize);
-        let data = std::slice::from_raw_parts(view.buf as *const u8, len);
-        record_with_on(hook, Some(caller), |rec| {
-            rec.enc.call(hook.id, digest);
-            rec.enc.tuple(2);
-            rec.enc.bytes(data);
-            crate::codec::encode_object(&mut rec.enc, result, None);
-        });
-        ffi::PyBuffer_Release(&mut view);
+        record_outcome_on(hook, Some(caller), digest, result);
     }
 }
 
@@ -477,20 +477,19 @@ unsafe fn record_read_into(hook: &'static Hook, caller: Caller, digest: Option<u
 /// GIL held; `target` is the caller's buffer.
 #[inline(never)]
 unsafe fn replay_read_into(hook: &'static Hook, digest: Option<u32>, target: *mut ffi::PyObject) -> *mut ffi::PyObject {
-    // SAFETY: buffer protocol on the caller's writable buffer, released on every path.
+    // SAFETY: writes the recorded bytes into the caller's writable buffer, within its length.
     unsafe {
         match replay_take(hook, digest) {
             Replayed::Value(Value::Tuple(parts)) if parts.len() == 2 => {
                 let (Value::Bytes(data), result) = (&parts[0], &parts[1]) else {
                     return crate::codec::decode_value(&parts[1]);
                 };
-                let mut view: ffi::Py_buffer = std::mem::zeroed();
-                if ffi::PyObject_GetBuffer(target, &mut view, ffi::PyBUF_WRITABLE) < 0 {
+                let filled = crate::buffers::with_memory(target, true, |start, len| {
+                    std::ptr::copy_nonoverlapping(data.as_ptr(), start, data.len().min(len));
+                });
+                if filled.is_none() {
                     return std::ptr::null_mut();
                 }
-                let len = data.len().min(view.len as usize);
-                std::ptr::copy_nonoverlapping(data.as_ptr(), view.buf as *mut u8, len);
-                ffi::PyBuffer_Release(&mut view);
                 crate::codec::decode_value(result)
             }
             Replayed::Value(v) => crate::codec::decode_value(&v),

@@ -10,6 +10,10 @@ extern "C" {
     pub fn retrace_gc_schedule(tstate: *mut ffi::PyThreadState);
     fn retrace_code_filename(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
     fn retrace_code_name(code: *mut ffi::PyCodeObject) -> *mut ffi::PyObject;
+    pub static retrace_memoryview_flags_offset: usize;
+    pub static retrace_memoryview_view_offset: usize;
+    pub static retrace_memoryview_released_flag: c_int;
+    pub static retrace_memoryview_c_contiguous_flag: c_int;
 }
 
 /// A code object's `co_filename` and `co_name` as UTF-8 (empty when not text), read

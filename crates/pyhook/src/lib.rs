@@ -5,6 +5,7 @@
 //! program runs and reports modules as they are imported ([`module_loaded`]). Everything
 //! else happens in the C-level proxies installed by [`hooks`].
 
+mod buffers;
 mod calls;
 mod children;
 mod codec;

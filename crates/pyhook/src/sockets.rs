@@ -62,7 +62,7 @@ pub unsafe fn ssl_method(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
     unsafe {
         // read(n, buffer) fills the caller's buffer; read(n) returns bytes.
         if hook.name == "ssl.SSLSocket.read" && call.positional().len() >= 2 {
-            return crate::fileio::read_into(hook, call, 1);
+            return crate::fileio::read_into(hook, call, 1, |_| true);
         }
         boundary(hook, || hook.digest(|| call.digest()), Original(call, hook.original()))
     }
@@ -222,10 +222,8 @@ unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
 unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
-        if !is_tracked(fd_field(call.slf())) {
-            return call.call_original(hook.original());
-        }
-        crate::fileio::read_into(hook, call, 0)
+        let fd = fd_field(call.slf());
+        crate::fileio::read_into(hook, call, 0, |s| s.fds.contains(fd))
     }
 }
 
