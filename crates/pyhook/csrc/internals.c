@@ -3,7 +3,8 @@
  * - the young generation's allocation count and threshold of the cyclic garbage collector,
  *   and a way to schedule a collection (see gc.rs);
  * - a code object's file and function names (see threads.rs);
- * - where a memoryview keeps its buffer (see buffers.rs).
+ * - where a memoryview keeps its buffer (see buffers.rs), and a thread state its id
+ *   (see session.rs).
  * This file is compiled against the interpreter's own headers, internal ones included, so
  * the layouts are those of the exact Python version the extension is built for (build.rs). */
 #include <stddef.h>
@@ -63,3 +64,8 @@ const size_t retrace_memoryview_flags_offset = offsetof(PyMemoryViewObject, flag
 const size_t retrace_memoryview_view_offset = offsetof(PyMemoryViewObject, view);
 const int retrace_memoryview_released_flag = _Py_MEMORYVIEW_RELEASED;
 const int retrace_memoryview_c_contiguous_flag = _Py_MEMORYVIEW_C;
+
+/* Where a thread state keeps its id: read on every intercepted call to find the calling
+ * thread's index (see session.rs), where `PyThreadState_GetID` was a call into libpython
+ * made cold by the kernel. */
+const size_t retrace_thread_state_id_offset = offsetof(PyThreadState, id);

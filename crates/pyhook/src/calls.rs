@@ -298,7 +298,23 @@ impl RawCall {
 
     /// A cheap, deterministic digest of the arguments (not of `self`), used to notice a
     /// replay that calls the same function with other arguments.
+    ///
+    /// Inlined into the proxies for the most frequent argument, one short bytes object or
+    /// the buffer a `recv_into` fills (see [`RawCall::one_frequent_argument_digest`]); the
+    /// rest is out of line.
+    #[inline(always)]
     pub fn digest(&self) -> u32 {
+        // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
+        // arguments alive.
+        match unsafe { self.one_frequent_argument_digest() } {
+            Some(digest) => digest,
+            None => self.any_digest(),
+        }
+    }
+
+    /// [`RawCall::digest`] of any arguments.
+    #[inline(never)]
+    fn any_digest(&self) -> u32 {
         // SAFETY: a RawCall only exists during the proxied call, with the GIL held and its
         // arguments alive.
         if let Some(digest) = unsafe { self.small_digest() } {
@@ -334,6 +350,63 @@ impl RawCall {
 }
 
 impl RawCall {
+    /// The digest of a call whose one argument is the data of `send`, `sendall`, `write`
+    /// (bytes of at most [`FREQUENT_BYTES_MAX`]) or the buffer of `recv_into`, `readinto` (a
+    /// bytearray or memoryview), computed in the proxy: going out to the general digest,
+    /// after the kernel has evicted its code, cost more than hashing. The bytes hashed are
+    /// those of [`RawCall::small_digest`], so the digest is the same. None for anything else,
+    /// and while secrets are masked (see `environ::as_replay_sees`).
+    ///
+    /// # Safety
+    /// The GIL is held and the arguments are alive.
+    #[inline(always)]
+    unsafe fn one_frequent_argument_digest(&self) -> Option<u32> {
+        // SAFETY: per this function's contract: type checks and reads of the exact builtin
+        // objects the call was given.
+        unsafe {
+            let arg = match *self {
+                RawCall::O { arg, .. } => arg,
+                RawCall::VarArgs { args, .. } | RawCall::VarArgsKw { args, .. }
+                    if ffi::PyTuple_GET_SIZE(args) == 1 && !self.has_keywords() =>
+                {
+                    ffi::PyTuple_GET_ITEM(args, 0)
+                }
+                RawCall::Fast { args, nargs: 1, .. } => *args,
+                RawCall::FastKw { args, nargs: 1, kwnames, .. } | RawCall::MethodFastKw { args, nargs: 1, kwnames, .. }
+                    if kwnames.is_null() =>
+                {
+                    *args
+                }
+                _ => return None,
+            };
+            if ffi::PyBytes_CheckExact(arg) != 0 {
+                let data = crate::codec::bytes_of(arg);
+                if data.len() > FREQUENT_BYTES_MAX || crate::environ::any_secrets() {
+                    return None;
+                }
+                let mut buffer = [0u8; FREQUENT_BYTES_MAX + 1];
+                buffer[0] = b'b';
+                buffer[1..=data.len()].copy_from_slice(data);
+                Some(xxhash_rust::xxh3::xxh3_64(&buffer[..=data.len()]) as u32)
+            } else if ffi::PyByteArray_CheckExact(arg) != 0 {
+                Some(BYTEARRAY_DIGEST)
+            } else if ffi::PyMemoryView_Check(arg) != 0 {
+                Some(MEMORYVIEW_DIGEST)
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Whether the call was given keyword arguments.
+    fn has_keywords(&self) -> bool {
+        match *self {
+            RawCall::FastKw { kwnames, .. } | RawCall::MethodFastKw { kwnames, .. } => !kwnames.is_null(),
+            RawCall::VarArgsKw { kwargs, .. } => !kwargs.is_null(),
+            _ => false,
+        }
+    }
+
     /// The digest of a call with no keywords and a few positionals that are scalars or short
     /// str or bytes (`os.urandom(16)`, `os.read(fd, n)`, `time.sleep(x)`, `sock.send(b"...")`,
     /// no arguments at all), hashed in one go from a stack buffer. The bytes are those the
@@ -344,13 +417,8 @@ impl RawCall {
     /// The GIL is held and the arguments are alive.
     unsafe fn small_digest(&self) -> Option<u32> {
         const MAX_ARGS: usize = 4;
-        let has_keywords = match *self {
-            RawCall::FastKw { kwnames, .. } | RawCall::MethodFastKw { kwnames, .. } => !kwnames.is_null(),
-            RawCall::VarArgsKw { kwargs, .. } => !kwargs.is_null(),
-            _ => false,
-        };
         let args = self.positional();
-        if has_keywords || args.len() > MAX_ARGS {
+        if self.has_keywords() || args.len() > MAX_ARGS {
             return None;
         }
         if let [arg] = args {
@@ -368,6 +436,13 @@ impl RawCall {
         Some(xxhash_rust::xxh3::xxh3_64(&buffer[..len]) as u32)
     }
 }
+
+/// The longest bytes argument [`RawCall::one_frequent_argument_digest`] hashes in the proxy.
+const FREQUENT_BYTES_MAX: usize = 47;
+/// The digests of a bytearray or memoryview argument: its type's name, as
+/// `codec::opaque_digest_bytes` gives it.
+const BYTEARRAY_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(b"tbytearray") as u32;
+const MEMORYVIEW_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(b"tmemoryview") as u32;
 
 /// The digest of a call's one argument (`sock.send(data)`, `sock.recv(n)`, `os.urandom(n)`,
 /// the most frequent calls), from a buffer just large enough for a scalar or a short str or
@@ -473,5 +548,13 @@ mod tests {
             pieces[..count].iter().for_each(|piece| hasher.update(piece));
             assert_eq!(hasher.digest(), xxh3_64(&pieces[..count].concat()));
         }
+    }
+
+    /// The digests of a bytearray or memoryview argument, computed at compile time, are
+    /// those the general digest gives them at run time (`t` and the type's name).
+    #[test]
+    fn buffer_digests_are_those_of_their_type_names() {
+        assert_eq!(super::BYTEARRAY_DIGEST, xxh3_64(b"tbytearray") as u32);
+        assert_eq!(super::MEMORYVIEW_DIGEST, xxh3_64(b"tmemoryview") as u32);
     }
 }

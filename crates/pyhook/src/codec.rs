@@ -211,7 +211,7 @@ pub unsafe fn digest_object(hasher: &mut Xxh3Default, obj: *mut ffi::PyObject, d
 
 /// # Safety
 /// `obj` must be an exact bytes object.
-unsafe fn bytes_of<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
+pub unsafe fn bytes_of<'a>(obj: *mut ffi::PyObject) -> &'a [u8] {
     // SAFETY: an exact bytes object stores `ob_size` bytes inline in `ob_sval` for its
     // lifetime (read directly: the checked accessors are two calls per intercepted call).
     unsafe {

@@ -14,6 +14,18 @@ extern "C" {
     pub static retrace_memoryview_view_offset: usize;
     pub static retrace_memoryview_released_flag: c_int;
     pub static retrace_memoryview_c_contiguous_flag: c_int;
+    static retrace_thread_state_id_offset: usize;
+}
+
+/// `PyThreadState_GetID(tstate)`, read in place.
+///
+/// # Safety
+/// `tstate` is a live thread state.
+#[inline(always)]
+pub unsafe fn thread_state_id(tstate: *mut ffi::PyThreadState) -> u64 {
+    // SAFETY: per the function's contract; the offset is that of the `uint64_t id` field in
+    // the headers this extension was compiled against.
+    unsafe { *tstate.cast::<u8>().add(retrace_thread_state_id_offset).cast::<u64>() }
 }
 
 /// A code object's `co_filename` and `co_name` as UTF-8 (empty when not text), read

@@ -74,7 +74,7 @@ impl Threads {
     pub fn current(&mut self) -> u32 {
         // SAFETY: we are inside `STATE.with` (our `&mut self` is borrowed from it), whose
         // owner is the calling thread's state, valid while the GIL is held.
-        let id = unsafe { ffi::PyThreadState_GetID(STATE.owner()) } as u64;
+        let id = unsafe { crate::internals::thread_state_id(STATE.owner()) };
         if id == self.last_id {
             return self.last_index;
         }
@@ -115,7 +115,7 @@ impl Threads {
     pub fn bind_current(&mut self, index: u32) {
         self.reserve(index);
         // SAFETY: as in `current`.
-        let id = unsafe { ffi::PyThreadState_GetID(ffi::PyThreadState_Get()) } as u64;
+        let id = unsafe { crate::internals::thread_state_id(ffi::PyThreadState_Get()) };
         self.by_id.get_or_insert_with(HashMap::new).insert(id, index);
         self.last_id = id;
         self.last_index = index;
