@@ -63,7 +63,7 @@ pub unsafe fn boundary_where(
                 // The thread found here is the one recording: looked up once per call.
                 Some(caller) => {
                     let d = digest();
-                    let inside = crate::signals::InCall::enter(caller.thread == 0);
+                    let inside = crate::signals::InCall::enter(caller.thread);
                     let result = invoke.invoke();
                     drop(inside);
                     record_outcome_on(hook, Some(caller), d, result);

@@ -416,7 +416,7 @@ pub unsafe fn read_into(
             MODE_RECORD => match active_caller_where(applies) {
                 Some(caller) => {
                     let digest = hook.digest(|| call.digest());
-                    let inside = crate::signals::InCall::enter(caller.thread == 0);
+                    let inside = crate::signals::InCall::enter(caller.thread);
                     let result = call.call_original(original);
                     drop(inside);
                     record_read_into(hook, caller, digest, target, result);

@@ -27,59 +27,63 @@ const RECORDED_DEFAULTS: [c_int; 4] = [libc::SIGTERM, libc::SIGHUP, libc::SIGUSR
 /// extension).
 pub static MAIN_THREAD: AtomicPtr<ffi::PyThreadState> = AtomicPtr::new(std::ptr::null_mut());
 
-/// How many boundary calls the main thread is inside (their originals are running).
-static MAIN_IN_CALL: AtomicU32 = AtomicU32::new(0);
+/// How many boundary calls each thread is inside (their originals are running), by thread
+/// index; index 0 is the main thread, whose count a signal handler reads. Only the thread
+/// itself writes its entry, with the GIL held, so no read-modify-write is needed: a locked
+/// add was a measurable part of an intercepted call, and a thread-local two calls into the
+/// dynamic loader per call on every thread but the main one.
+static IN_CALL: [AtomicU32; COUNTED_THREADS] = [const { AtomicU32::new(0) }; COUNTED_THREADS];
+
+/// Threads with an index below this are counted in [`IN_CALL`].
+const COUNTED_THREADS: usize = 256;
+
+thread_local! {
+    /// [`IN_CALL`] for the calls of [`in_call`] on threads other than the main one, and
+    /// for threads past [`COUNTED_THREADS`].
+    static UNINDEXED_IN_CALL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
 
 /// Runs a boundary call's original while counting it as in progress, so a signal handler
 /// that runs inside it is recorded as such.
 pub fn in_call<R>(original: impl FnOnce() -> R) -> R {
     // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
     let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
-    in_call_on(on_main, original)
-}
-
-/// [`in_call`] for a caller that already knows whether it runs on the main thread (thread
-/// 0 is the thread that started the session, the main thread).
-#[inline(always)]
-pub fn in_call_on<R>(on_main: bool, original: impl FnOnce() -> R) -> R {
-    let _inside = InCall::enter(on_main);
+    let _inside = if on_main { InCall::enter(0) } else { InCall::unindexed() };
     original()
 }
 
 /// A boundary call in progress on this thread, from [`InCall::enter`] until dropped. Where
 /// the original is called right after (`dispatch::boundary_where`), this keeps it in the
-/// caller's frame: a closure handed to [`in_call_on`] was not always inlined there.
-pub struct InCall(bool);
+/// caller's frame: a closure handed to [`in_call`] was not always inlined there.
+pub struct InCall(Option<&'static AtomicU32>);
 
 impl InCall {
+    /// Enters a call on the calling thread, whose index is `thread` (0: the main thread).
     #[inline(always)]
-    pub fn enter(on_main: bool) -> InCall {
-        if on_main {
-            // Only the main thread writes it, so no read-modify-write is needed: a locked
-            // add here was a measurable part of an intercepted call.
-            MAIN_IN_CALL.store(MAIN_IN_CALL.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        } else {
-            OTHER_IN_CALL.with(|d| d.set(d.get() + 1));
+    pub fn enter(thread: u32) -> InCall {
+        match IN_CALL.get(thread as usize) {
+            Some(depth) => {
+                depth.store(depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                InCall(Some(depth))
+            }
+            None => InCall::unindexed(),
         }
-        InCall(on_main)
+    }
+
+    fn unindexed() -> InCall {
+        UNINDEXED_IN_CALL.with(|d| d.set(d.get() + 1));
+        InCall(None)
     }
 }
 
 impl Drop for InCall {
     #[inline(always)]
     fn drop(&mut self) {
-        if self.0 {
-            let depth = MAIN_IN_CALL.load(Ordering::Relaxed);
-            MAIN_IN_CALL.store(depth.saturating_sub(1), Ordering::Relaxed);
-        } else {
-            OTHER_IN_CALL.with(|d| d.set(d.get().saturating_sub(1)));
+        match self.0 {
+            Some(depth) => depth.store(depth.load(Ordering::Relaxed).saturating_sub(1), Ordering::Relaxed),
+            None => UNINDEXED_IN_CALL.with(|d| d.set(d.get().saturating_sub(1))),
         }
     }
-}
-
-thread_local! {
-    /// [`MAIN_IN_CALL`] for the other threads.
-    static OTHER_IN_CALL: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// True while the calling thread is inside a boundary call: what runs then (an import the
@@ -89,14 +93,17 @@ pub fn nested() -> bool {
     // SAFETY: called from hooks, with the GIL held: the thread state is this thread's.
     let on_main = unsafe { ffi::PyThreadState_Get() } == MAIN_THREAD.load(Ordering::Relaxed);
     if on_main {
-        MAIN_IN_CALL.load(Ordering::Relaxed) > 0
-    } else {
-        OTHER_IN_CALL.with(|d| d.get() > 0)
+        return IN_CALL[0].load(Ordering::Relaxed) > 0;
     }
+    // A thread's own index is set on it when it first reaches a hook, before any call of
+    // its is counted by index.
+    let indexed = crate::session::THREAD_INDEX.with(|t| t.get());
+    UNINDEXED_IN_CALL.with(|d| d.get() > 0)
+        || IN_CALL.get(indexed as usize).is_some_and(|depth| depth.load(Ordering::Relaxed) > 0)
 }
 
 fn record_signal(py: Python<'_>, signum: c_int) {
-    let during_call = MAIN_IN_CALL.load(Ordering::Relaxed) > 0;
+    let during_call = IN_CALL[0].load(Ordering::Relaxed) > 0;
     let failure = STATE
         .with(py, |s| {
             let thread = s.threads.current();
