@@ -185,13 +185,13 @@ if (selected('socket-instructions')) perCallInstructions('socket: loopback send/
  * Each process prints the median over its rounds of (recorded - unpatched) and (passed
  * through - unpatched); the figure is the min / median / max of those over the processes.
  */
-function inProcessPerCall(label, kind, n, reps) {
+function inProcessPerCall(label, kind, n, reps, thread = 'main') {
   const processes = Number(option('--in-process-runs', '3'));
   const recorded = [];
   const passedThrough = [];
   for (let i = 0; i < processes; i++) {
     const dir = freshDir();
-    const out = JSON.parse(timed(python, [join(programs, 'in_process.py'), kind, String(n), String(reps)], hookEnv('record', dir), { cwd: programs }).stdout);
+    const out = JSON.parse(timed(python, [join(programs, 'in_process.py'), kind, String(n), String(reps), thread], hookEnv('record', dir), { cwd: programs }).stdout);
     rmSync(dir, { recursive: true, force: true });
     recorded.push(out.recorded.median);
     passedThrough.push(out.passed_through.median);
@@ -209,6 +209,9 @@ if (selected('in-process')) {
   // A round trip takes ~10 us and its time swings by microseconds: short loops, many rounds.
   inProcessPerCall('socket: loopback send/recv', 'socket', 500, 801);
   inProcessPerCall('socket: loopback send/recv_into', 'socket-into', 500, 801);
+  inProcessPerCall('socket: loopback send/recv_into, on a worker thread', 'socket-into', 500, 801, 'worker');
+  inProcessPerCall('TLS: loopback send/recv', 'tls', 500, 401);
+  inProcessPerCall('TLS: loopback send/recv_into', 'tls-into', 500, 401);
 }
 
 // The quiet sources of divergence (ARCHITECTURE.md, "Garbage collection", "Identity

@@ -14,7 +14,7 @@ use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, recor
 use crate::exceptions::raise_recorded;
 use crate::fileio::keyword;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
-use crate::hooks::Hook;
+use crate::hooks::{Hook, HookId};
 use crate::osfd::stand_in_failed;
 use crate::session::{mode, Replayed, MODE_RECORD, MODE_REPLAY};
 use pyo3::ffi;
@@ -61,7 +61,7 @@ pub unsafe fn ssl_method(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
     // SAFETY: see the function's contract.
     unsafe {
         // read(n, buffer) fills the caller's buffer; read(n) returns bytes.
-        if hook.name == "ssl.SSLSocket.read" && call.positional().len() >= 2 {
+        if hook.id == HookId::ssl_read as u32 && call.positional().len() >= 2 {
             return crate::fileio::read_into(hook, call, 1, |_| true);
         }
         boundary(hook, || hook.digest(|| call.digest()), Original(call, hook.original()))
