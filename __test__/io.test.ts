@@ -182,6 +182,27 @@ test("recv_into and readinto fill every kind of buffer alike at record and repla
   assertReplaysLike(t, r.record, offline);
 });
 
+test("ints of every size a call returns replay exactly (one digit, several digits, past 64 bits)", async (t) => {
+  // Counts and offsets are encoded as small ints, larger ones in more bytes: each must
+  // come back exactly at replay, with the file gone.
+  const r = await recordAndReplay(
+    `
+    import os
+    fd = os.open("sparse.bin", os.O_RDWR | os.O_CREAT)
+    os.ftruncate(fd, 2**40)
+    for offset in (0, 1, 2**15 - 1, 2**15, 2**30 - 1, 2**30, 2**31 + 5, 2**40 - 1):
+        print(os.lseek(fd, offset, os.SEEK_SET), end=" ")
+    print(os.lseek(fd, -(2**30), os.SEEK_END), os.lseek(fd, -1, os.SEEK_END), os.lseek(fd, 0, os.SEEK_END))
+    print(os.write(fd, b"x" * 12345), os.fstat(fd).st_size)
+    os.close(fd)
+  `,
+    { beforeReplay: async ({ dir }) => rm(join(dir, "sparse.bin")) },
+  );
+  t.is(r.record.code, 0, r.record.stderr);
+  t.is(r.record.stdout, "0 1 32767 32768 1073741823 1073741824 2147483653 1099511627775 1098437885952 1099511627775 1099511627776\n12345 1099511640121\n");
+  assertReplaysLike(t, r.record, r.replay);
+});
+
 test("selectors and poll replay", async (t) => {
   const r = await recordAndReplay(`
     import select, selectors, socket
