@@ -398,6 +398,38 @@ impl RawCall {
         }
     }
 
+    /// The digest of SSL `read(n, buffer)`'s arguments, a size and the buffer to fill,
+    /// computed in the proxy as [`RawCall::one_frequent_argument_digest`] is: the bytes
+    /// [`RawCall::small_digest`] hashes, so the same digest. None for other arguments.
+    ///
+    /// # Safety
+    /// The GIL is held and the arguments are alive.
+    #[inline(always)]
+    pub unsafe fn size_and_buffer_digest(&self) -> Option<u32> {
+        // SAFETY: per this function's contract: type checks and reads of the exact builtin
+        // objects the call was given.
+        unsafe {
+            let RawCall::VarArgs { args, .. } = *self else {
+                return None;
+            };
+            if ffi::PyTuple_GET_SIZE(args) != 2 {
+                return None;
+            }
+            let target = ffi::PyTuple_GET_ITEM(args, 1);
+            let name = if ffi::PyByteArray_CheckExact(target) != 0 {
+                BYTEARRAY_NAME
+            } else if ffi::PyMemoryView_Check(target) != 0 {
+                MEMORYVIEW_NAME
+            } else {
+                return None;
+            };
+            let mut buffer = [0u8; crate::codec::SCALAR_DIGEST_MAX + MEMORYVIEW_NAME.len()];
+            let at = crate::codec::scalar_digest_bytes(ffi::PyTuple_GET_ITEM(args, 0), &mut buffer)?;
+            buffer[at..at + name.len()].copy_from_slice(name);
+            Some(xxhash_rust::xxh3::xxh3_64(&buffer[..at + name.len()]) as u32)
+        }
+    }
+
     /// Whether the call was given keyword arguments.
     fn has_keywords(&self) -> bool {
         match *self {
@@ -439,10 +471,13 @@ impl RawCall {
 
 /// The longest bytes argument [`RawCall::one_frequent_argument_digest`] hashes in the proxy.
 const FREQUENT_BYTES_MAX: usize = 47;
-/// The digests of a bytearray or memoryview argument: its type's name, as
+/// The digest encoding of a bytearray or memoryview argument: its type's name, as
 /// `codec::opaque_digest_bytes` gives it.
-const BYTEARRAY_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(b"tbytearray") as u32;
-const MEMORYVIEW_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(b"tmemoryview") as u32;
+const BYTEARRAY_NAME: &[u8] = b"tbytearray";
+const MEMORYVIEW_NAME: &[u8] = b"tmemoryview";
+/// The digests of a bytearray or memoryview as the only argument.
+const BYTEARRAY_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(BYTEARRAY_NAME) as u32;
+const MEMORYVIEW_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(MEMORYVIEW_NAME) as u32;
 
 /// The digest of a call's one argument (`sock.send(data)`, `sock.recv(n)`, `os.urandom(n)`,
 /// the most frequent calls), from a buffer just large enough for a scalar or a short str or

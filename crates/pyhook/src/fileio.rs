@@ -415,7 +415,7 @@ pub unsafe fn read_into(
         match mode() {
             MODE_RECORD => match active_caller_where(applies) {
                 Some(caller) => {
-                    let digest = hook.digest(|| call.digest());
+                    let digest = hook.digest(|| read_into_digest(call, buffer_at));
                     let inside = crate::signals::InCall::enter(caller.thread);
                     let result = call.call_original(original);
                     drop(inside);
@@ -425,12 +425,24 @@ pub unsafe fn read_into(
                 None => call.call_original(original),
             },
             MODE_REPLAY => match active_caller_where(applies) {
-                Some(_) => replay_read_into(hook, hook.digest(|| call.digest()), target),
+                Some(_) => replay_read_into(hook, hook.digest(|| read_into_digest(call, buffer_at)), target),
                 None => call.call_original(original),
             },
             _ => call.call_original(original),
         }
     }
+}
+
+/// The digest of a [`read_into`] call's arguments: those of SSL `read(n, buffer)` (the
+/// buffer second) computed in the proxy too.
+///
+/// # Safety
+/// As for [`read_into`].
+#[inline(always)]
+unsafe fn read_into_digest(call: RawCall, buffer_at: usize) -> u32 {
+    // SAFETY: per the function's contract.
+    let size_first = if buffer_at == 1 { unsafe { call.size_and_buffer_digest() } } else { None };
+    size_first.unwrap_or_else(|| call.digest())
 }
 
 /// Records a `read_into` call that returned `result`, with the bytes it placed in `target`.
