@@ -388,12 +388,8 @@ impl RawCall {
                 buffer[0] = b'b';
                 buffer[1..=data.len()].copy_from_slice(data);
                 Some(xxhash_rust::xxh3::xxh3_64(&buffer[..=data.len()]) as u32)
-            } else if ffi::PyByteArray_CheckExact(arg) != 0 {
-                Some(BYTEARRAY_DIGEST)
-            } else if ffi::PyMemoryView_Check(arg) != 0 {
-                Some(MEMORYVIEW_DIGEST)
             } else {
-                None
+                crate::codec::buffer_kind(arg).map(|kind| BUFFER_DIGESTS[kind])
             }
         }
     }
@@ -415,15 +411,8 @@ impl RawCall {
             if ffi::PyTuple_GET_SIZE(args) != 2 {
                 return None;
             }
-            let target = ffi::PyTuple_GET_ITEM(args, 1);
-            let name = if ffi::PyByteArray_CheckExact(target) != 0 {
-                BYTEARRAY_NAME
-            } else if ffi::PyMemoryView_Check(target) != 0 {
-                MEMORYVIEW_NAME
-            } else {
-                return None;
-            };
-            let mut buffer = [0u8; crate::codec::SCALAR_DIGEST_MAX + MEMORYVIEW_NAME.len()];
+            let name = crate::codec::BUFFER_DIGEST_BYTES[crate::codec::buffer_kind(ffi::PyTuple_GET_ITEM(args, 1))?];
+            let mut buffer = [0u8; crate::codec::SCALAR_DIGEST_MAX + crate::codec::BUFFER_DIGEST_MAX];
             let at = crate::codec::scalar_digest_bytes(ffi::PyTuple_GET_ITEM(args, 0), &mut buffer)?;
             buffer[at..at + name.len()].copy_from_slice(name);
             Some(xxhash_rust::xxh3::xxh3_64(&buffer[..at + name.len()]) as u32)
@@ -471,13 +460,12 @@ impl RawCall {
 
 /// The longest bytes argument [`RawCall::one_frequent_argument_digest`] hashes in the proxy.
 const FREQUENT_BYTES_MAX: usize = 47;
-/// The digest encoding of a bytearray or memoryview argument: its type's name, as
-/// `codec::opaque_digest_bytes` gives it.
-const BYTEARRAY_NAME: &[u8] = b"tbytearray";
-const MEMORYVIEW_NAME: &[u8] = b"tmemoryview";
-/// The digests of a bytearray or memoryview as the only argument.
-const BYTEARRAY_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(BYTEARRAY_NAME) as u32;
-const MEMORYVIEW_DIGEST: u32 = xxhash_rust::const_xxh3::xxh3_64(MEMORYVIEW_NAME) as u32;
+/// The digests of a bytearray or memoryview as the only argument (see
+/// `codec::BUFFER_DIGEST_BYTES`), computed at compile time.
+const BUFFER_DIGESTS: [u32; 2] = [
+    xxhash_rust::const_xxh3::xxh3_64(crate::codec::BUFFER_DIGEST_BYTES[0]) as u32,
+    xxhash_rust::const_xxh3::xxh3_64(crate::codec::BUFFER_DIGEST_BYTES[1]) as u32,
+];
 
 /// The digest of a call's one argument (`sock.send(data)`, `sock.recv(n)`, `os.urandom(n)`,
 /// the most frequent calls), from a buffer just large enough for a scalar or a short str or
@@ -589,7 +577,8 @@ mod tests {
     /// those the general digest gives them at run time (`t` and the type's name).
     #[test]
     fn buffer_digests_are_those_of_their_type_names() {
-        assert_eq!(super::BYTEARRAY_DIGEST, xxh3_64(b"tbytearray") as u32);
-        assert_eq!(super::MEMORYVIEW_DIGEST, xxh3_64(b"tmemoryview") as u32);
+        for (name, digest) in [&b"bytearray"[..], b"memoryview"].into_iter().zip(super::BUFFER_DIGESTS) {
+            assert_eq!(digest, xxh3_64(&[&b"t"[..], name].concat()) as u32);
+        }
     }
 }

@@ -142,18 +142,43 @@ pub unsafe fn opaque_digest_bytes(obj: *mut ffi::PyObject, out: &mut [u8]) -> Op
         if looked_into {
             return None;
         }
-        // The buffers `recv_into` and `readinto` are given, named without measuring tp_name.
-        let name: &[u8] = if ffi::PyByteArray_CheckExact(obj) != 0 {
-            b"bytearray"
-        } else if ffi::PyMemoryView_Check(obj) != 0 {
-            b"memoryview"
-        } else {
-            type_name_bytes(obj)
-        };
+        if let Some(kind) = buffer_kind(obj) {
+            let encoding = BUFFER_DIGEST_BYTES[kind];
+            out.get_mut(..encoding.len())?.copy_from_slice(encoding);
+            return Some(encoding.len());
+        }
+        let name = type_name_bytes(obj);
         let slot = out.get_mut(..name.len() + 1)?;
         slot[0] = b't';
         slot[1..].copy_from_slice(name);
         Some(name.len() + 1)
+    }
+}
+
+/// The digest encodings of the buffers `recv_into` and `readinto` are given, by
+/// [`buffer_kind`]: `t` and the type's name, as [`opaque_digest_bytes`] gives any type the
+/// digest does not look into.
+pub const BUFFER_DIGEST_BYTES: [&[u8]; 2] = [b"tbytearray", b"tmemoryview"];
+
+/// The longest of [`BUFFER_DIGEST_BYTES`].
+pub const BUFFER_DIGEST_MAX: usize = BUFFER_DIGEST_BYTES[1].len();
+
+/// Which of the buffers of [`BUFFER_DIGEST_BYTES`] `obj` is (a `bytearray`, a `memoryview`),
+/// told without measuring its type's name.
+///
+/// # Safety
+/// `obj` must be a live object and the GIL held.
+#[inline(always)]
+pub unsafe fn buffer_kind(obj: *mut ffi::PyObject) -> Option<usize> {
+    // SAFETY: type checks of a live object.
+    unsafe {
+        if ffi::PyByteArray_CheckExact(obj) != 0 {
+            Some(0)
+        } else if ffi::PyMemoryView_Check(obj) != 0 {
+            Some(1)
+        } else {
+            None
+        }
     }
 }
 

@@ -210,25 +210,13 @@ pub unsafe fn is_active() -> bool {
     unsafe { active_thread() }.is_some()
 }
 
-/// The calling thread when its boundary calls are recorded or replayed, for
-/// [`record_outcome_on`] and [`record_with_on`] after the call: what they would look up
-/// again, once the call has left our state cold.
-///
-/// # Safety
-/// The GIL must be held.
-#[inline(always)]
-pub unsafe fn active_caller() -> Option<Caller> {
-    // SAFETY: per the caller's guarantee.
-    unsafe { active_caller_where(|_| true) }
-}
-
 /// The calling thread's index when its boundary calls are recorded or replayed.
 ///
 /// # Safety
 /// The GIL must be held.
 pub unsafe fn active_thread() -> Option<u32> {
     // SAFETY: per the caller's guarantee.
-    unsafe { active_caller() }.map(|caller| caller.thread)
+    unsafe { active_caller_where(|_| true) }.map(|caller| caller.thread)
 }
 
 /// The thread making a call, as found when the call starts, for the recording of its end.
@@ -322,8 +310,9 @@ pub unsafe fn record_with(hook: &'static Hook, write: impl FnOnce(&mut Recorder)
     unsafe { record_with_on(hook, None, write) }
 }
 
-/// [`record_with`] for a caller that knows the calling thread: from [`active_caller`] when
-/// its call started.
+/// [`record_with`] for a caller that knows the calling thread: from [`active_caller_where`]
+/// when its call started, what would be looked up again once the call has left our state
+/// cold.
 ///
 /// # Safety
 /// The GIL must be held; `caller`, when given, is the calling thread.

@@ -190,18 +190,18 @@ fn remember_secret(value: &[u8]) {
     });
 }
 
-/// Feeds `text` to `feed` as a replay will see it: at replay a redacted secret is `*`s of
-/// the same length, and the program builds its arguments from that (a connection string,
-/// a header). Digesting the recorded arguments with the secrets replaced the same way keeps
-/// those calls matching, and keeps secrets out of the digests too.
 /// Whether any secret is masked in digests (see [`as_replay_sees`]).
 #[inline(always)]
 pub fn any_secrets() -> bool {
     ANY_SECRETS.load(Ordering::Relaxed)
 }
 
+/// Feeds `text` to `feed` as a replay will see it: at replay a redacted secret is `*`s of
+/// the same length, and the program builds its arguments from that (a connection string,
+/// a header). Digesting the recorded arguments with the secrets replaced the same way keeps
+/// those calls matching, and keeps secrets out of the digests too.
 pub fn as_replay_sees(text: &[u8], feed: impl FnOnce(&[u8])) {
-    if !ANY_SECRETS.load(Ordering::Relaxed) {
+    if !any_secrets() {
         return feed(text);
     }
     // SAFETY: digests are computed in hooks, with the GIL held.

@@ -334,12 +334,13 @@ pub unsafe fn method(hook: &'static Hook, op: FileOp, call: RawCall) -> *mut ffi
     }
 }
 
-/// `readinto` of a file whose descriptor is tracked (see [`read_into`]).
+/// `readinto` of a file, `recv_into` and `recvfrom_into` of a socket: a boundary when the
+/// object's descriptor (`fds::fd_field`) is tracked (see [`read_into`]).
 ///
 /// # Safety
-/// As for [`method`].
+/// As for [`method`]; `call.slf()` is a FileIO or a socket.
 #[inline(always)]
-unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+pub unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let fd = fd_field(call.slf());
@@ -347,15 +348,15 @@ unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyO
     }
 }
 
-/// `read`, `write` and the other plain methods of a file: a boundary when the file's
-/// descriptor is tracked, looked up in the same borrow of our state as the thread's gate.
-/// Inlined into the proxy, which then calls the original from its own frame (see
-/// `dispatch::boundary_where`).
+/// `read`, `write` and the other plain methods of a file, `send`, `recv` and the like of a
+/// socket: a boundary when the object's descriptor (`fds::fd_field`) is tracked, looked up
+/// in the same borrow of our state as the thread's gate. Inlined into the proxy, which then
+/// calls the original from its own frame (see `dispatch::boundary_where`).
 ///
 /// # Safety
-/// As for [`method`].
+/// As for [`method`]; `call.slf()` is a FileIO or a socket.
 #[inline(always)]
-unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
+pub unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
     // SAFETY: per the function's contract.
     unsafe {
         let fd = fd_field(call.slf());

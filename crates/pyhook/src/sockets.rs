@@ -10,7 +10,7 @@
 
 use crate::calls::{InitCall, RawCall};
 use crate::codec::decode_value;
-use crate::dispatch::{boundary, boundary_where, is_active, record_outcome, record_with, replay_take, Original};
+use crate::dispatch::{boundary, is_active, record_outcome, record_with, replay_take, Original};
 use crate::exceptions::raise_recorded;
 use crate::fileio::keyword;
 use crate::fds::{fd_field, is_tracked, materialize, track, untrack, FdKind};
@@ -199,37 +199,10 @@ pub unsafe fn socketpair(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObje
     }
 }
 
-/// The most frequent socket calls (send, recv): the descriptor is looked up with the
-/// thread's gate, in one borrow of our state. Inlined into the proxy, which then calls the
-/// original from its own frame (see `dispatch::boundary_where`).
-///
-/// # Safety
-/// As for [`method`].
-#[inline(always)]
-unsafe fn plain(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract.
-    unsafe {
-        let fd = fd_field(call.slf());
-        boundary_where(hook, |s| s.fds.contains(fd), || hook.digest(|| call.digest()), Original(call, hook.original()))
-    }
-}
-
-/// `recv_into`, `recvfrom_into` on a tracked socket (see `fileio::read_into`).
-///
-/// # Safety
-/// As for [`method`].
-#[inline(always)]
-unsafe fn tracked_read_into(hook: &'static Hook, call: RawCall) -> *mut ffi::PyObject {
-    // SAFETY: per the function's contract.
-    unsafe {
-        let fd = fd_field(call.slf());
-        crate::fileio::read_into(hook, call, 0, |s| s.fds.contains(fd))
-    }
-}
-
-/// A method of a socket object. Inlined into the proxy: the frequent operations (see
-/// [`plain`], [`tracked_read_into`]) call the original from the proxy's frame; the others
-/// are out of line.
+/// A method of a socket object. Inlined into the proxy: the frequent operations (`send`,
+/// `recv` and the like, `recv_into`, `recvfrom_into`) call the original from the proxy's
+/// frame, as a file's do (`fileio::plain`, `fileio::tracked_read_into`); the others are out
+/// of line.
 ///
 /// # Safety
 /// Called through a method proxy with the GIL held; `call.slf()` is a socket.
@@ -238,8 +211,8 @@ pub unsafe fn method(hook: &'static Hook, op: SockOp, call: RawCall) -> *mut ffi
     // SAFETY: see the function's contract.
     unsafe {
         match op {
-            SockOp::Plain => plain(hook, call),
-            SockOp::ReadInto => tracked_read_into(hook, call),
+            SockOp::Plain => crate::fileio::plain(hook, call),
+            SockOp::ReadInto => crate::fileio::tracked_read_into(hook, call),
             SockOp::Close => close(hook, call),
             SockOp::Accept => tracked_accept(hook, call),
         }
